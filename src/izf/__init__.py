@@ -1,0 +1,1 @@
+"""Invertible Zero-Shot Flows."""

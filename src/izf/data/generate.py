@@ -1,0 +1,113 @@
+"""Generated datasets in the xlsa17 structure: the synthetic default, the paper's toy data, and
+features for a real att_splits.mat (the benchmark features themselves cannot be shipped)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from izf.data.dataset import ZSLData
+
+# Published sizes of the xlsa17 benchmarks (docs/DATA.md), used to generate stand-ins.
+BENCHMARKS = {
+    "AWA1": {"images": 30475, "seen": 40, "unseen": 10, "semantic_dim": 85},
+    "AWA2": {"images": 37322, "seen": 40, "unseen": 10, "semantic_dim": 85},
+    "CUB": {"images": 11788, "seen": 150, "unseen": 50, "semantic_dim": 312},
+    "SUN": {"images": 14340, "seen": 645, "unseen": 72, "semantic_dim": 102},
+    "APY": {"images": 15339, "seen": 20, "unseen": 12, "semantic_dim": 64},
+    "FLO": {"images": 8189, "seen": 82, "unseen": 20, "semantic_dim": 1024},
+}
+
+
+def _softplus(a: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, a)
+
+
+def class_means(semantics: np.ndarray, feature_dim: int, rng: np.random.Generator,
+                hidden: int = 64) -> np.ndarray:
+    """A random smooth nonlinear map from class semantics (C×d_c) to non-negative class mean
+    features (C×D): softplus(W2 · tanh(W1 · standardised c)). Nonlinear, so a linear map from
+    features to attributes cannot invert it exactly: zero-shot transfer is learnable, not trivial."""
+    c = (semantics - semantics.mean(0)) / (semantics.std(0) + 1e-8)
+    w1 = rng.normal(size=(semantics.shape[1], hidden)) / np.sqrt(semantics.shape[1])
+    w2 = rng.normal(size=(hidden, feature_dim)) * (1.5 / np.sqrt(hidden))
+    return _softplus(np.tanh(c @ w1) @ w2 - 0.5)
+
+
+def _sample(means: np.ndarray, labels: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Non-negative features around their class means (ReLU, like ResNet pooled outputs)."""
+    x = means[labels] + noise * rng.normal(size=(len(labels), means.shape[1]))
+    return np.maximum(x, 0.0).astype(np.float32)
+
+
+def synthetic(seen: int = 20, unseen: int = 10, semantic_dim: int = 16, feature_dim: int = 64,
+              per_class: int = 120, test_seen_fraction: float = 0.2, noise: float = 0.5,
+              seed: int = 0) -> ZSLData:
+    """A deterministic (given the seed) dataset in the xlsa17 structure.
+
+    Attributes are non-negative and L2-normalised per class like xlsa17's `att`; which classes are
+    unseen is drawn at random; seen classes give trainval and test_seen samples, unseen classes
+    test_unseen samples only.
+    """
+    rng = np.random.default_rng(seed)
+    n_classes = seen + unseen
+    semantics = rng.random((n_classes, semantic_dim)) ** 2
+    semantics /= np.linalg.norm(semantics, axis=1, keepdims=True)
+    means = class_means(semantics, feature_dim, rng)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    features = _sample(means, labels, noise, rng)
+    unseen_classes = rng.choice(n_classes, size=unseen, replace=False)
+    n_test = int(round(per_class * test_seen_fraction))
+    splits = {"trainval": [], "test_seen": [], "test_unseen": []}
+    for y in range(n_classes):
+        rows = rng.permutation(np.flatnonzero(labels == y))
+        if y in unseen_classes:
+            splits["test_unseen"].append(rows)
+        else:
+            splits["test_seen"].append(rows[:n_test])
+            splits["trainval"].append(rows[n_test:])
+    return ZSLData(name="synthetic", features=features, labels=labels, semantics=semantics.astype(np.float32),
+                   splits={k: np.sort(np.concatenate(v)) for k, v in splits.items()},
+                   class_names=[f"class_{y + 1}" for y in range(n_classes)])
+
+
+def toy(per_class: int = 200, test_fraction: float = 0.2, seed: int = 0) -> ZSLData:
+    """The paper's toy data: seen classes c = [0,1], [0,0], [1,0], unseen c = [1,1];
+    x = [2c − 1 + ε, 0, 0], ε ~ N(0, (1/3)² I₂) (D = 4, d_c = 2). Class 3 is the unseen one."""
+    rng = np.random.default_rng(seed)
+    semantics = np.array([[0, 1], [0, 0], [1, 0], [1, 1]], dtype=np.float32)
+    labels = np.repeat(np.arange(4), per_class)
+    features = np.zeros((len(labels), 4), dtype=np.float32)
+    features[:, :2] = 2 * semantics[labels] - 1 + rng.normal(scale=1 / 3, size=(len(labels), 2))
+    n_test = int(round(per_class * test_fraction))
+    seen_rows = [rng.permutation(np.flatnonzero(labels == y)) for y in range(3)]
+    splits = {"trainval": np.sort(np.concatenate([r[n_test:] for r in seen_rows])),
+              "test_seen": np.sort(np.concatenate([r[:n_test] for r in seen_rows])),
+              "test_unseen": np.flatnonzero(labels == 3)}
+    return ZSLData(name="toy", features=features, labels=labels, semantics=semantics, splits=splits,
+                   class_names=["seen_[0,1]", "seen_[0,0]", "seen_[1,0]", "unseen_[1,1]"])
+
+
+def features_for_split_file(split_file: str | Path, unseen: int, feature_dim: int = 2048,
+                            noise: float = 0.5, seed: int = 0,
+                            labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Generated (features N×D, 0-based labels N) matching a REAL att_splits.mat: N from its
+    indices, `unseen` classes drawn for test_unseen, the others spread over trainval and
+    test_seen. Pass the real `labels` (0-based) where they are known (AWA2)."""
+    mat = scipy.io.loadmat(str(split_file))
+    semantics = mat["att"].T
+    n_classes = semantics.shape[0]
+    locs = {k: mat[f"{k}_loc"].ravel().astype(np.int64) - 1 for k in ("trainval", "test_seen", "test_unseen")}
+    n_images = int(max(v.max() for v in locs.values())) + 1
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        unseen_classes = rng.choice(n_classes, size=unseen, replace=False)
+        seen_classes = np.setdiff1d(np.arange(n_classes), unseen_classes)
+        labels = np.empty(n_images, dtype=np.int64)
+        seen_rows = np.concatenate([locs["trainval"], locs["test_seen"]])
+        for rows, classes in ((seen_rows, seen_classes), (locs["test_unseen"], unseen_classes)):
+            labels[rows] = classes[rng.permutation(len(rows)) % len(classes)]
+    means = class_means(semantics, feature_dim, rng)
+    return _sample(means, labels, noise, rng), labels

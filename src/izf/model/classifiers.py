@@ -1,0 +1,42 @@
+"""The two IZF classifiers. Each returns scores over ALL classes (N×C); classes that are not
+candidates score -inf, so argmax over a row is the prediction."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def naive_bayes_scores(c_hat: Tensor, semantics: Tensor) -> Tensor:
+    """With a uniform prior, argmax_y p(x|y) = argmin_y ‖ĉ(x) − c_y‖²: score = −‖ĉ − c_y‖²."""
+    return -torch.cdist(c_hat, semantics).pow(2)
+
+
+class SoftmaxClassifier(nn.Module):
+    """A linear softmax classifier over a subset of the classes, trained with Adam for a fixed
+    number of epochs chosen in advance (no selection on test data)."""
+
+    def __init__(self, feature_dim: int, classes: Tensor, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, len(classes))
+        self.register_buffer("classes", classes.clone())
+        self.num_classes = num_classes
+
+    def fit(self, x: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int,
+            weight_decay: float = 0.0) -> "SoftmaxClassifier":
+        target = torch.searchsorted(self.classes, y)  # class index -> column of self.linear
+        optimizer = torch.optim.Adam(self.linear.parameters(), lr=lr, betas=(0.5, 0.999),
+                                     weight_decay=weight_decay)
+        for _ in range(epochs):
+            for rows in torch.randperm(len(x), device=x.device).split(batch_size):
+                loss = nn.functional.cross_entropy(self.linear(x[rows]), target[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return self
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        scores = x.new_full((len(x), self.num_classes), float("-inf"))
+        scores[:, self.classes] = torch.log_softmax(self.linear(x), dim=1)
+        return scores

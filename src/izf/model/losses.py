@@ -1,0 +1,65 @@
+"""The four loss terms of IZF (METHOD.md, "Losses"). Pure functions on tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def likelihood_loss(z_nonsemantic: Tensor, log_det: Tensor, dim: int) -> Tensor:
+    """L_ML = mean_i ½‖ẑ_i‖²/D − mean_i log|det J_f(x_i)|/D (per-dimension negative log-likelihood
+    of the non-semantic factor under N(0, I), constants dropped)."""
+    return (0.5 * z_nonsemantic.pow(2).sum(dim=1).mean() - log_det.mean()) / dim
+
+
+def semantic_loss(c_hat: Tensor, c_true: Tensor) -> Tensor:
+    """L_sem = mean_{i,k} (ĉ_ik − c_{y_i,k})²."""
+    return (c_hat - c_true).pow(2).mean()
+
+
+def mmd2(x: Tensor, y: Tensor, scales: Sequence[float], unbiased: bool = False) -> Tensor:
+    """Squared MMD between samples x (n×D) and y (m×D) with the multi-scale inverse multiquadric
+    kernel k(a, b) = Σ_s s / (s + ‖a − b‖²).
+
+    One pairwise squared-distance matrix over [x; y] serves all three kernel blocks.
+    """
+    n = x.shape[0]
+    xy = torch.cat([x, y], dim=0)
+    sq_norms = xy.pow(2).sum(dim=1)
+    d2 = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * xy @ xy.T).clamp_min(0.0)
+    s = torch.as_tensor(scales, dtype=xy.dtype, device=xy.device).view(-1, 1, 1)
+    k = (s / (s + d2)).sum(dim=0)
+    k_xx, k_yy, k_xy = k[:n, :n], k[n:, n:], k[:n, n:]
+    if not unbiased:
+        return k_xx.mean() + k_yy.mean() - 2.0 * k_xy.mean()
+    m = y.shape[0]
+    off_diag = lambda block, size: (block.sum() - block.diagonal().sum()) / (size * (size - 1))  # noqa: E731
+    return off_diag(k_xx, n) + off_diag(k_yy, m) - 2.0 * k_xy.mean()
+
+
+def negative_sample_loss(x_seen: Tensor, x_unseen_generated: Tensor, scales: Sequence[float],
+                         unbiased: bool = False, margin: float | None = None) -> Tensor:
+    """L_neg = −MMD²(real seen batch, generated unseen batch): minimising it pushes generated
+    unseen samples away from the seen data.
+
+    With a margin, L_neg = −min(MMD², margin): the push stops once the generated unseen samples
+    are that far from the seen data. Without one (the paper's form) nothing bounds the push, and
+    Adam's normalised steps can carry the generated samples off indefinitely (seen on the toy data).
+    """
+    mmd = mmd2(x_seen, x_unseen_generated, scales, unbiased)
+    return -(mmd if margin is None else mmd.clamp(max=margin))
+
+
+def centralising_loss(prototypes: Tensor, class_means: Tensor) -> Tensor:
+    """L_cent = Σ_y ‖f⁻¹([c_y; 0]) − mean(x | y)‖₂ over the classes given (rows aligned)."""
+    return (prototypes - class_means).norm(dim=1).sum()
+
+
+def batch_class_means(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The classes present in a batch and the mean feature of each (rows aligned)."""
+    classes, inverse = torch.unique(y, return_inverse=True)
+    sums = x.new_zeros(classes.shape[0], x.shape[1]).index_add_(0, inverse, x)
+    counts = torch.bincount(inverse, minlength=classes.shape[0]).to(x.dtype)
+    return classes, sums / counts[:, None]

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from izf.model.flow import DoubleAffineCoupling, InvertibleFlow, Permutation, soft_clamp
+
+
+def _flow(dim, blocks=3, hidden=16, init_std=0.3):
+    # A large init_std makes the flow far from identity, so the checks are not trivial.
+    return InvertibleFlow(dim, blocks=blocks, hidden=hidden, clamp=2.0, init_std=init_std).double()
+
+
+@pytest.mark.parametrize("dim", [2, 5, 8])
+def test_inverse_recovers_input(dim):
+    flow = _flow(dim)
+    x = torch.randn(64, dim, dtype=torch.float64) * 2
+    z, _ = flow(x)
+    assert (z - x).abs().max() > 0.1  # the flow does something
+    assert torch.allclose(flow.inverse(z), x, atol=1e-5, rtol=0)
+    assert torch.allclose(flow(flow.inverse(x))[0], x, atol=1e-5, rtol=0)
+
+
+def test_inverse_in_float32_at_benchmark_width():
+    flow = InvertibleFlow(2048, blocks=10, hidden=64)
+    x = torch.rand(16, 2048)
+    assert (flow.inverse(flow(x)[0]) - x).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dim", [3, 6])
+def test_log_det_equals_autograd_jacobian(dim):
+    flow = _flow(dim)
+    for x in torch.randn(4, dim, dtype=torch.float64):
+        jac = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0][0], x)
+        _, log_det = flow(x[None])
+        assert torch.allclose(log_det[0], torch.linalg.slogdet(jac).logabsdet, atol=1e-8)
+
+
+def test_coupling_log_det_is_sum_of_clamped_log_scales():
+    block = DoubleAffineCoupling(4, hidden=8, clamp=2.0).double()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    y, log_det = block(x)
+    s2 = soft_clamp(block.net2(x[:, 2:])[:, :2], 2.0)
+    s1 = soft_clamp(block.net1(y[:, :2])[:, :2], 2.0)
+    assert torch.allclose(log_det, s1.sum(1) + s2.sum(1))
+
+
+def test_soft_clamp_bounds_and_near_identity():
+    s = torch.tensor([-1e6, -1e-3, 0.0, 1e-3, 1e6])
+    out = soft_clamp(s, 2.0)
+    assert out.abs().max() < 2.0 and out[-1] > 1.99
+    assert torch.allclose(out[1:4], s[1:4] * 2 / math.pi, atol=1e-8)  # slope 2/π at 0
+
+
+def test_permutation_is_fixed_and_saved():
+    a, b = InvertibleFlow(6, blocks=2, hidden=4, permutation_seed=3), InvertibleFlow(6, blocks=2, hidden=4, permutation_seed=3)
+    assert all(torch.equal(pa.perm, pb.perm) for pa, pb in zip(a.layers[::2], b.layers[::2]))
+    assert "layers.0.perm" in a.state_dict()
+    perm = Permutation(5)
+    x = torch.randn(2, 5)
+    assert torch.equal(perm.inverse(perm(x)[0]), x) and perm(x)[1].abs().sum() == 0
+
+
+def test_near_identity_init():
+    flow = InvertibleFlow(8, blocks=4, hidden=32, init_std=0.01)
+    x = torch.randn(32, 8)
+    z, log_det = flow(x)
+    perm = torch.arange(8)
+    for layer in flow.layers[::2]:
+        perm = perm[layer.perm]
+    assert (z - x[:, perm]).abs().mean() < 0.05 and log_det.abs().max() < 0.05

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from izf.evaluation.metrics import gzsl_metrics, harmonic_mean, per_class_mean_accuracy, zsl_metrics
+
+
+def t(*values):
+    return torch.tensor(values)
+
+
+def test_per_class_mean_is_not_per_sample_mean():
+    # class 0: 3 of 4 right; class 1: 0 of 1 right -> per-class mean 0.375 (per-sample 0.6)
+    target, pred = t(0, 0, 0, 0, 1), t(0, 0, 0, 1, 0)
+    assert per_class_mean_accuracy(pred, target, t(0, 1)) == pytest.approx(0.375)
+
+
+def test_class_with_false_positives_but_no_samples_is_not_averaged_in():
+    # Evaluating unseen classes {2, 3}; samples are mispredicted into seen class 0, which has no
+    # samples here. torchmetrics' macro average over all 4 classes would count classes 0 and 1.
+    target, pred = t(2, 2, 3, 3), t(2, 0, 3, 3)
+    assert per_class_mean_accuracy(pred, target, t(2, 3)) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_class_of_subset_without_samples_is_an_error():
+    with pytest.raises(ValueError, match=r"\[1\]"):
+        per_class_mean_accuracy(t(0, 0), t(0, 0), t(0, 1))
+
+
+def test_harmonic_mean():
+    assert harmonic_mean(0.5, 1.0) == pytest.approx(2 / 3)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+
+
+def _onehot_scores(pred, num_classes):
+    return torch.nn.functional.one_hot(pred, num_classes).float()
+
+
+def test_gzsl_hand_made_case():
+    seen, unseen = t(0, 1), t(2, 3)
+    # test_seen: class 0 all right (2/2), class 1 half (1/2, the miss goes to unseen class 2)
+    y_s, p_s = t(0, 0, 1, 1), t(0, 0, 1, 2)
+    # test_unseen: class 2 one of three (misses to seen class 0), class 3 right (1/1)
+    y_u, p_u = t(2, 2, 2, 3), t(2, 0, 0, 3)
+    m = gzsl_metrics(_onehot_scores(p_s, 4), y_s, _onehot_scores(p_u, 4), y_u, seen, unseen)
+    u, s = (1 / 3 + 1) / 2, (1 + 0.5) / 2
+    assert m["gzsl/U"] == pytest.approx(u)
+    assert m["gzsl/S"] == pytest.approx(s)
+    assert m["gzsl/H"] == pytest.approx(2 * u * s / (u + s))
+
+
+def test_zsl_restricts_candidates_to_unseen():
+    unseen = t(2, 3)
+    # highest score on a seen class, but among unseen candidates class 2 / 3 wins
+    scores = torch.tensor([[9.0, 0, 1, 0], [9.0, 0, 0, 1], [0, 9.0, 0, 1]])
+    assert zsl_metrics(scores, t(2, 3, 2), unseen)["zsl/T1"] == pytest.approx((0.5 + 1) / 2)
+
+
+def test_calibrated_stacking_moves_predictions_to_unseen():
+    seen, unseen = t(0), t(1)
+    scores_u = torch.tensor([[1.0, 0.8]])  # unseen sample, seen class slightly ahead
+    scores_s = torch.tensor([[1.0, 0.5]])  # seen sample, clearly seen
+    plain = gzsl_metrics(scores_s, t(0), scores_u, t(1), seen, unseen, gamma=0.0)
+    stacked = gzsl_metrics(scores_s, t(0), scores_u, t(1), seen, unseen, gamma=0.3)
+    assert (plain["gzsl/U"], plain["gzsl/S"]) == (0.0, 1.0)
+    assert (stacked["gzsl/U"], stacked["gzsl/S"]) == (1.0, 1.0)

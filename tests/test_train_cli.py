@@ -1,0 +1,81 @@
+"""train.py through the real CLI (subprocesses), on small generated data."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from izf.data import save_xlsa17
+from izf.data.generate import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["dataset.generator.seen=6", "dataset.generator.unseen=3", "dataset.generator.per_class=40",
+         "dataset.generator.feature_dim=16", "dataset.generator.semantic_dim=6", "dataset.batch_size=64"]
+
+
+def run_train(*overrides, check=True):
+    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _check_metrics(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for prefix in ("", "nb/", "softmax/"):
+        for key in ("zsl/T1", "gzsl/U", "gzsl/S", "gzsl/H"):
+            assert 0.0 <= metrics[prefix + key] <= 1.0
+    u, s = metrics["gzsl/U"], metrics["gzsl/S"]
+    assert metrics["gzsl/H"] == pytest.approx(0 if u + s == 0 else 2 * u * s / (u + s))
+    assert metrics["gzsl/H"] == metrics["softmax/gzsl/H"]  # model.classifier defaults to softmax
+    return metrics
+
+
+@pytest.mark.slow
+def test_end_to_end_synthetic(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_train(*SMALL, "model.flow.blocks=4", "model.flow.hidden=64", "trainer.max_steps=300",
+                     "model.softmax.n_gen=60", "model.classifier=softmax", f"hydra.run.dir={run_dir}")
+    metrics = _check_metrics(run_dir)
+    # 9 classes: chance GZSL accuracy is about 1/9; the NB classifier learns the semantic map.
+    assert metrics["nb/gzsl/H"] > 0.4, metrics
+    assert metrics["nb/zsl/T1"] > 0.6, metrics
+    assert "gzsl H" in proc.stdout  # the results table
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    assert list((run_dir / "csv").glob("metrics.csv"))
+
+
+@pytest.mark.slow
+def test_custom_folder_and_nb_classifier(tmp_path):
+    folder = save_xlsa17(synthetic(seen=5, unseen=3, semantic_dim=6, feature_dim=16, per_class=30), tmp_path / "data")
+    run_dir = tmp_path / "run"
+    run_train("dataset=custom", f"dataset.root={folder}", "debug=fast", "model.classifier=nb",
+              "logger=none", f"hydra.run.dir={run_dir}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["gzsl/H"] == metrics["nb/gzsl/H"]
+
+
+def test_benchmark_without_data_fails_at_once_naming_the_files(tmp_path):
+    start = time.monotonic()
+    proc = run_train("dataset=awa2", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode != 0
+    assert "res101.mat and att_splits.mat" in proc.stderr and str(tmp_path / "xlsa17" / "AWA2") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+def test_multirun_sweep_over_loss_weights(tmp_path):
+    run_train("-m", *SMALL, "debug=fast", "logger=none", "model.loss.negative=0,0.5",
+              f"hydra.sweep.dir={tmp_path}")
+    runs = sorted(tmp_path.glob("*/metrics.json"))
+    assert len(runs) == 2
+    configs = [(p.parent / "config.yaml").read_text() for p in runs]
+    assert "negative: 0.0" in configs[0] and "negative: 0.5" in configs[1]
