@@ -1,0 +1,102 @@
+"""The IZF LightningModule: loss switches, checkpoint round trip, and the toy experiment."""
+
+from unittest import mock
+
+import lightning.pytorch as L
+import pytest
+import torch
+
+from izf.data import ZSLDataModule
+from izf.training.module import IZF
+
+LOSS = {"semantic": 10.0, "negative": 1.0, "centralising": 1.0, "mmd_scales": [0.1, 1.0, 10.0],
+        "mmd_unbiased": False, "negative_margin": None}
+SOFTMAX = {"n_gen": 40, "epochs": 3, "lr": 1e-3, "batch_size": 64, "weight_decay": 0.0, "generation_batch": 100}
+SMALL_DATA = {"seen": 5, "unseen": 3, "semantic_dim": 4, "feature_dim": 12, "per_class": 30}
+
+
+def make(datamodule, **loss):
+    model = IZF(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
+                semantic_dim=datamodule.semantics.shape[1], flow={"blocks": 2, "hidden": 16},
+                loss={**LOSS, **loss}, optimizer={"lr": 1e-3}, softmax=SOFTMAX)
+    model.set_classes(datamodule.semantics, datamodule.seen_classes)
+    return model
+
+
+@pytest.fixture
+def datamodule():
+    dm = ZSLDataModule(name="synthetic", source="synthetic", generator=SMALL_DATA, batch_size=32, batches_per_epoch=10)
+    dm.setup()
+    return dm
+
+
+def test_zero_weight_switches_term_off_entirely(datamodule):
+    x, y = next(iter(datamodule.train_dataloader()))
+    full = make(datamodule)
+    assert set(full.loss_terms(x, y)) == {"ml", "semantic", "negative", "centralising"}
+    only_ml = make(datamodule, semantic=0.0, negative=0.0, centralising=0.0)
+    with mock.patch.object(only_ml.flow, "inverse", side_effect=AssertionError("reverse pass ran")):
+        assert set(only_ml.loss_terms(x, y)) == {"ml"}
+    no_neg = make(datamodule, negative=0.0)
+    with mock.patch("izf.model.losses.mmd2", side_effect=AssertionError("MMD computed")):
+        assert set(no_neg.loss_terms(x, y)) == {"ml", "semantic", "centralising"}
+
+
+def test_terms_are_weighted(datamodule):
+    x, y = next(iter(datamodule.train_dataloader()))
+    base = make(datamodule)
+    model = make(datamodule, semantic=20.0, centralising=3.0)
+    model.load_state_dict(base.state_dict())
+    torch.manual_seed(2)
+    t1 = base.loss_terms(x, y)
+    torch.manual_seed(2)
+    t2 = model.loss_terms(x, y)
+    assert t2["semantic"].item() == pytest.approx(2 * t1["semantic"].item(), rel=1e-5)
+    assert t2["centralising"].item() == pytest.approx(3 * t1["centralising"].item(), rel=1e-5)
+    assert t2["ml"].item() == pytest.approx(t1["ml"].item(), rel=1e-6)
+
+
+def test_gradients_reach_the_flow_through_the_reverse_pass(datamodule):
+    x, y = next(iter(datamodule.train_dataloader()))
+    model = make(datamodule, semantic=0.0)
+    terms = model.loss_terms(x, y)
+    for term in ("negative", "centralising"):
+        model.zero_grad()
+        terms[term].backward(retain_graph=True)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.flow.parameters()), term
+
+
+def test_generation_encodes_back_to_its_class_semantics(datamodule):
+    model = make(datamodule)
+    classes = model.unseen_classes.repeat(4)
+    with torch.no_grad():
+        c_hat, _, _ = model.encode(model.generate(classes))
+    assert torch.allclose(c_hat, model.class_semantics[classes], atol=1e-4)
+
+
+def test_checkpoint_reload_gives_same_predictions(datamodule, tmp_path):
+    L.seed_everything(0)
+    model = make(datamodule)
+    trainer = L.Trainer(max_steps=20, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    reloaded = IZF.load_from_checkpoint(tmp_path / "model.ckpt")  # weights_only loading: plain hparams
+    assert torch.equal(reloaded.class_semantics, model.class_semantics)
+    assert torch.equal(reloaded.seen_mask, model.seen_mask)
+    x, _ = datamodule.split("test_unseen")
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded.encode(x)[0], model.encode(x)[0])
+        torch.manual_seed(5)
+        a = model.generate(model.unseen_classes)
+        torch.manual_seed(5)
+        b = reloaded.generate(reloaded.unseen_classes)
+    assert torch.equal(a, b)
+    # full evaluation with both classifiers, same seed -> same metrics
+    metrics = []
+    for m in (model, reloaded):
+        L.seed_everything(3)
+        L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(m, datamodule=datamodule, verbose=False)
+        metrics.append(m.test_metrics)
+    assert metrics[0] == metrics[1]
