@@ -55,7 +55,7 @@ def test_soft_clamp_bounds_and_near_identity():
 
 
 def test_permutation_is_fixed_and_saved():
-    a, b = InvertibleFlow(6, blocks=2, hidden=4, permutation_seed=3), InvertibleFlow(6, blocks=2, hidden=4, permutation_seed=3)
+    a, b = (InvertibleFlow(6, blocks=2, hidden=4, permutation_seed=3) for _ in range(2))
     assert all(torch.equal(pa.perm, pb.perm) for pa, pb in zip(a.layers[::2], b.layers[::2]))
     assert "layers.0.perm" in a.state_dict()
     perm = Permutation(5)

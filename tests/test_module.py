@@ -97,6 +97,7 @@ def test_checkpoint_reload_gives_same_predictions(datamodule, tmp_path):
     metrics = []
     for m in (model, reloaded):
         L.seed_everything(3)
-        L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(m, datamodule=datamodule, verbose=False)
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.test(m, datamodule=datamodule, verbose=False)
         metrics.append(m.test_metrics)
     assert metrics[0] == metrics[1]

@@ -40,14 +40,16 @@ def _check_metrics(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_end_to_end_synthetic(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_train(*SMALL, "model.flow.blocks=4", "model.flow.hidden=64", "trainer.max_steps=300",
-                     "model.softmax.n_gen=60", "model.classifier=softmax", f"hydra.run.dir={run_dir}")
+    # The default job (synthetic data, 30 classes), shortened to 500 steps (checkpoint every 250).
+    proc = run_train("trainer.max_steps=500", "callbacks.model_checkpoint.every_n_train_steps=250",
+                     f"hydra.run.dir={run_dir}")
     metrics = _check_metrics(run_dir)
-    # 9 classes: chance GZSL accuracy is about 1/9; the NB classifier learns the semantic map.
-    assert metrics["nb/gzsl/H"] > 0.4, metrics
-    assert metrics["nb/zsl/T1"] > 0.6, metrics
+    # Chance is 1/30 for GZSL accuracies (H ≈ 0.03) and 1/10 for ZSL T1.
+    for classifier in ("nb", "softmax"):
+        assert metrics[f"{classifier}/gzsl/H"] > 0.4, metrics
+        assert metrics[f"{classifier}/zsl/T1"] > 0.5, metrics
     assert "gzsl H" in proc.stdout  # the results table
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"last.ckpt", "step_500.ckpt"}
     assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
     assert list((run_dir / "csv").glob("metrics.csv"))
 
@@ -78,4 +80,4 @@ def test_multirun_sweep_over_loss_weights(tmp_path):
     runs = sorted(tmp_path.glob("*/metrics.json"))
     assert len(runs) == 2
     configs = [(p.parent / "config.yaml").read_text() for p in runs]
-    assert "negative: 0.0" in configs[0] and "negative: 0.5" in configs[1]
+    assert "negative: 0\n" in configs[0] and "negative: 0.5\n" in configs[1]

@@ -13,8 +13,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from izf.data import generate
 from izf.data.dataset import ZSLData
-from izf.errors import ConfigError, DatasetError
 from izf.data.xlsa17 import load_xlsa17
+from izf.errors import ConfigError, DatasetError
 
 SOURCES = ("xlsa17", "synthetic", "toy")
 SCALINGS = ("minmax", "none")

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from izf.errors import DatasetError
-
 SPLITS = ("trainval", "test_seen", "test_unseen")
 OPTIONAL_SPLITS = ("train", "val")
 

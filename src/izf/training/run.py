@@ -9,8 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import hydra
 import lightning.pytorch as L
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -19,6 +22,8 @@ from izf.data import ZSLDataModule
 from izf.training.module import CLASSIFIERS, IZF
 
 log = logging.getLogger(__name__)
+# Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing for users to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 METRIC_COLUMNS = ("zsl/T1", "gzsl/U", "gzsl/S", "gzsl/H")
 
 
@@ -64,6 +69,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     loggers = _instantiate_all(cfg.get("logger"))
+    for logger in loggers:  # the whole experiment, not only the model's hyperparameters
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False,
                                                  callbacks=_instantiate_all(cfg.get("callbacks")))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -71,6 +78,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = model.test_metrics
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):  # one W&B run per job, also within a multirun
+            logger.experiment.finish()
 
     write_json_atomic(output_dir / "metrics.json", metrics)
     Console().print(results_table(metrics, f"IZF on {datamodule.data.name} (%)", cfg.model.classifier))
