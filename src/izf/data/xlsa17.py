@@ -8,8 +8,6 @@ DatasetError that names the file, the key, and what was expected.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import scipy.io
 
 from izf.data.dataset import OPTIONAL_SPLITS, SPLITS, ZSLData
 from izf.errors import DatasetError
+from izf.io import atomic_path
 
 FEATURES_FILE = "res101.mat"
 SPLITS_FILE = "att_splits.mat"
@@ -137,16 +136,9 @@ def validate(data: ZSLData, source: str) -> None:
         raise DatasetError(f"{source}: test_seen holds classes {stray[:10].tolist()} without trainval samples")
 
 
-def _atomic_savemat(path: Path, content: dict) -> None:
-    """Write a .mat file so that a crash never leaves a half-written one under the final name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+def _savemat_atomic(path: Path, content: dict) -> None:
+    with atomic_path(path) as tmp:
         scipy.io.savemat(tmp, content, do_compression=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_xlsa17(data: ZSLData, root: str | Path) -> Path:
@@ -161,13 +153,13 @@ def save_xlsa17(data: ZSLData, root: str | Path) -> Path:
     files = np.empty((n, 1), dtype=object)
     for i in range(n):
         files[i, 0] = np.array([f"images/{i + 1:06d}.jpg"])
-    _atomic_savemat(root / FEATURES_FILE, {
+    _savemat_atomic(root / FEATURES_FILE, {
         "features": data.features.T.astype(np.float64),
         "labels": (data.labels + 1).astype(label_dtype).reshape(-1, 1),
         "image_files": files,
     })
     loc_dtype = np.uint16 if n < 2**16 else np.uint32
-    _atomic_savemat(root / SPLITS_FILE, {
+    _savemat_atomic(root / SPLITS_FILE, {
         "att": data.semantics.T.astype(np.float64),
         "allclasses_names": names,
         **{f"{key}_loc": (idx + 1).astype(loc_dtype).reshape(-1, 1) for key, idx in data.splits.items()},

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import hydra
 import lightning.pytorch as L
@@ -19,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from izf.data import ZSLDataModule
+from izf.io import atomic_path
 from izf.training.module import CLASSIFIERS, IZF
 
 log = logging.getLogger(__name__)
@@ -28,11 +26,8 @@ METRIC_COLUMNS = ("zsl/T1", "gzsl/U", "gzsl/S", "gzsl/H")
 
 
 def write_json_atomic(path: Path, content: Any) -> None:
-    """Write then rename: a crash never leaves a half-written file under the final name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(content, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2, sort_keys=True))
 
 
 def results_table(metrics: dict[str, float], title: str, chosen: str) -> Table:
@@ -66,7 +61,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model = build(cfg)
     log.info("data %s: %s", datamodule.data.name, datamodule.data.summary())
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    with atomic_path(output_dir / "config.yaml") as tmp:
+        OmegaConf.save(cfg, tmp, resolve=True)
 
     loggers = _instantiate_all(cfg.get("logger"))
     for logger in loggers:  # the whole experiment, not only the model's hyperparameters
