@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -46,14 +44,14 @@ def test_mmd_is_zero_for_identical_samples_and_grows_with_distance():
     assert losses.negative_sample_loss(x, x + 3.0, [0.1, 1.0, 10.0]) == -far
 
 
-def test_centralising_loss_and_batch_class_means_by_hand():
+def test_centralising_loss_and_class_means_by_hand():
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]])
     y = torch.tensor([3, 3, 1])
-    classes, means = losses.batch_class_means(x, y)
-    assert classes.tolist() == [1, 3]
-    assert means.tolist() == [[5.0, 5.0], [1.0, 0.0]]
-    prototypes = torch.tensor([[5.0, 8.0], [1.0, 0.0]])  # off by 3 and by 0
-    assert losses.centralising_loss(prototypes, means).item() == pytest.approx(3.0)
-    prototypes = torch.tensor([[2.0, 1.0], [4.0, 4.0]])  # off by 5 and by 5
-    assert losses.centralising_loss(prototypes, means).item() == pytest.approx(10.0)
-    assert math.isfinite(losses.centralising_loss(prototypes, means).item())
+    means, present = losses.class_means(x, y, torch.tensor([0, 1, 3]))  # class 0: no samples
+    assert present.tolist() == [False, True, True]
+    assert means[1:].tolist() == [[5.0, 5.0], [1.0, 0.0]]
+    prototypes = torch.tensor([[9.0, 9.0], [5.0, 8.0], [1.0, 0.0]])  # class 0 far off but absent
+    assert losses.centralising_loss(prototypes, means, present).item() == pytest.approx(3.0)
+    prototypes = torch.tensor([[0.0, 0.0], [2.0, 1.0], [4.0, 4.0]])  # off by 5 and by 5
+    assert losses.centralising_loss(prototypes, means, present).item() == pytest.approx(10.0)
+    assert losses.centralising_loss(prototypes[1:], means[1:]).item() == pytest.approx(10.0)

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import scipy.io
+import torch
 
 from izf.data import DatasetError, ZSLDataModule, load_xlsa17, save_xlsa17
 from izf.data.generate import BENCHMARKS, features_for_split_file, synthetic
@@ -142,3 +143,14 @@ def test_datamodule_scales_with_trainval_statistics_only(good_folder):
     expected = (raw.features[raw.splits["test_unseen"]] - low) / np.where(span > 0, span, 1)
     assert np.allclose(dm.split("test_unseen")[0].numpy(), expected, atol=1e-6)
     assert set(dm.seen_classes.tolist()) | set(dm.unseen_classes.tolist()) == set(range(6))
+
+
+def test_training_batches_are_whole_reshuffled_passes():
+    from izf.data.datamodule import ShuffledBatches
+
+    x = torch.arange(10.0)[:, None]
+    batches = list(ShuffledBatches(x, torch.arange(10), batch_size=4, num_batches=5))
+    assert len(batches) == 5 and all(len(b[0]) == 4 for b in batches)
+    first_pass = torch.cat([b[1] for b in batches[:2]])
+    assert len(set(first_pass.tolist())) == 8  # no repeats within a pass
+    assert all(torch.equal(b[0][:, 0].long(), b[1]) for b in batches)  # rows stay aligned

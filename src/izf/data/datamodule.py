@@ -9,7 +9,8 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
 
 from izf.data import generate
 from izf.data.dataset import ZSLData
@@ -32,6 +33,32 @@ def scale(name: str, fit_on: np.ndarray, apply_to: np.ndarray) -> np.ndarray:
         return apply_to
     low, span = minmax_fit(fit_on)
     return ((apply_to - low) / span).astype(np.float32)
+
+
+class ShuffledBatches:
+    """Training batches sliced from tensors that stay where they are (on the GPU when training
+    there): whole passes in a fresh random order, `num_batches` batches per epoch (training length
+    is set by max_steps). Indices are drawn on the tensors' device, so no per-batch collation,
+    host-to-device copy or synchronisation happens. Replaces a DataLoader, whose per-sample
+    collation and per-batch transfers would cost more than a small flow step."""
+
+    def __init__(self, *tensors: Tensor, batch_size: int, num_batches: int):
+        self.tensors = tensors
+        self.batch_size = min(batch_size, len(tensors[0]))
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        n, device = len(self.tensors[0]), self.tensors[0].device
+        produced = 0
+        while True:
+            for rows in torch.randperm(n, device=device)[: n - n % self.batch_size].split(self.batch_size):
+                if produced == self.num_batches:
+                    return
+                yield tuple(t[rows] for t in self.tensors)
+                produced += 1
 
 
 class ZSLDataModule(L.LightningDataModule):
@@ -82,16 +109,10 @@ class ZSLDataModule(L.LightningDataModule):
         rows = torch.from_numpy(self.data.splits[name])
         return self.features[rows], self.labels[rows]
 
-    def train_dataloader(self) -> DataLoader:
-        # Whole batches are sliced from the tensors at once (batch_size=None + a BatchSampler):
-        # no per-sample collation. An "epoch" is `batches_per_epoch` batches drawn from repeated
-        # reshufflings (each a full pass): training length is set by max_steps, and Lightning's
-        # per-epoch overhead would dominate on small datasets with one-pass epochs.
-        dataset = TensorDataset(*self.split("trainval"))
-        batch_size = min(self.hparams.batch_size, len(dataset))
-        passes = -(-self.hparams.batches_per_epoch * batch_size // len(dataset))  # ceil
-        batches = BatchSampler(RandomSampler(dataset, num_samples=passes * len(dataset)), batch_size, drop_last=True)
-        return DataLoader(dataset, sampler=batches, batch_size=None)
+    def train_dataloader(self) -> "ShuffledBatches":
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return ShuffledBatches(*(t.to(device) for t in self.split("trainval")),
+                               batch_size=self.hparams.batch_size, num_batches=self.hparams.batches_per_epoch)
 
     def test_dataloader(self) -> list[DataLoader]:
         return [DataLoader(TensorDataset(*self.split(name)), batch_size=self.hparams.eval_batch_size)

@@ -56,7 +56,9 @@ class DoubleAffineCoupling(nn.Module):
         self.net2 = _subnet(len2, hidden, 2 * len1)  # reads x2, transforms x1
 
     def _log_scale_and_shift(self, net: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = net(h).chunk(2, dim=1)
+        # Under bf16 autocast the subnet's matmuls run in bf16; the scaling, its exp and the
+        # log-det stay in the input's precision, which keeps the inverse and log-det accurate.
+        s, t = net(h).to(h.dtype).chunk(2, dim=1)
         return soft_clamp(s, self.clamp), t
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -52,14 +52,18 @@ def negative_sample_loss(x_seen: Tensor, x_unseen_generated: Tensor, scales: Seq
     return -(mmd if margin is None else mmd.clamp(max=margin))
 
 
-def centralising_loss(prototypes: Tensor, class_means: Tensor) -> Tensor:
-    """L_cent = Σ_y ‖f⁻¹([c_y; 0]) − mean(x | y)‖₂ over the classes given (rows aligned)."""
-    return (prototypes - class_means).norm(dim=1).sum()
+def centralising_loss(prototypes: Tensor, class_means: Tensor, present: Tensor | None = None) -> Tensor:
+    """L_cent = Σ_y ‖f⁻¹([c_y; 0]) − mean(x | y)‖₂ over the classes given (rows aligned), counting
+    only the rows marked `present` (classes with samples in the batch) where a mask is given."""
+    distances = (prototypes - class_means).norm(dim=1)
+    return (distances if present is None else distances * present).sum()
 
 
-def batch_class_means(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The classes present in a batch and the mean feature of each (rows aligned)."""
-    classes, inverse = torch.unique(y, return_inverse=True)
-    sums = x.new_zeros(classes.shape[0], x.shape[1]).index_add_(0, inverse, x)
-    counts = torch.bincount(inverse, minlength=classes.shape[0]).to(x.dtype)
-    return classes, sums / counts[:, None]
+def class_means(x: Tensor, y: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean feature of each of the (sorted) `classes` in the batch, and which of them have samples.
+
+    Fixed-size output and no data-dependent shapes: nothing waits for the device."""
+    rows = torch.searchsorted(classes, y)
+    sums = x.new_zeros(len(classes), x.shape[1]).index_add_(0, rows, x)
+    counts = x.new_zeros(len(classes)).index_add_(0, rows, torch.ones_like(y, dtype=x.dtype))
+    return sums / counts.clamp_min(1.0)[:, None], counts > 0

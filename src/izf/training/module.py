@@ -50,13 +50,22 @@ class IZF(L.LightningModule):
             datamodule.setup(stage)
             self.set_classes(datamodule.semantics, datamodule.seen_classes)
 
+    def _class_sets(self) -> tuple[Tensor, Tensor]:
+        """(seen, unseen) class indices. nonzero() waits for the device, so they are computed once
+        per device and per change of the mask (its in-place version counter), not every step."""
+        key = (self.seen_mask.device, self.seen_mask._version)
+        if getattr(self, "_class_sets_key", None) != key:
+            self._class_sets_cache = (self.seen_mask.nonzero().squeeze(1), (~self.seen_mask).nonzero().squeeze(1))
+            self._class_sets_key = key
+        return self._class_sets_cache
+
     @property
     def seen_classes(self) -> Tensor:
-        return self.seen_mask.nonzero().squeeze(1)
+        return self._class_sets()[0]
 
     @property
     def unseen_classes(self) -> Tensor:
-        return (~self.seen_mask).nonzero().squeeze(1)
+        return self._class_sets()[1]
 
     # ---- the flow as an encoder and a generator --------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -84,12 +93,15 @@ class IZF(L.LightningModule):
         terms = {"ml": losses.likelihood_loss(z_hat, log_det, self.hparams.feature_dim)}
         if w["semantic"] > 0:
             terms["semantic"] = w["semantic"] * losses.semantic_loss(c_hat, self.class_semantics[y])
+        seen, unseen = self._class_sets()
         latents = []
         if w["negative"] > 0:
-            unseen = self.unseen_classes
             latents.append(self.latent(unseen[torch.randint(len(unseen), (len(x),), device=x.device)]))
         if w["centralising"] > 0:
-            classes, means = losses.batch_class_means(x, y)
+            # Prototypes of every seen class, masked to those in the batch: a fixed size, so no
+            # wait for the device; where seen classes outnumber the batch (SUN), only those present.
+            classes = seen if len(seen) <= len(x) else torch.unique(y)
+            means, present = losses.class_means(x, y, classes)
             latents.append(self.latent(classes, noise=False))
         if latents:  # one batched reverse pass for the unseen samples and the prototypes
             generated = self.flow.inverse(torch.cat(latents))
@@ -98,7 +110,7 @@ class IZF(L.LightningModule):
                 terms["negative"] = w["negative"] * losses.negative_sample_loss(
                     x, x_unseen, w["mmd_scales"], w["mmd_unbiased"], w["negative_margin"])
             if w["centralising"] > 0:
-                terms["centralising"] = w["centralising"] * losses.centralising_loss(generated, means)
+                terms["centralising"] = w["centralising"] * losses.centralising_loss(generated, means, present)
         return terms
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -106,8 +118,10 @@ class IZF(L.LightningModule):
         x = x + self.hparams.jitter * torch.rand_like(x)
         terms = self.loss_terms(x, y)
         total = torch.stack(list(terms.values())).sum()
+        # Tensors, not floats: Lightning reads them only every log_every_n_steps, so the step
+        # never waits for the device (a prog_bar entry would read them every step).
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False)
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False)
         return total
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -10,6 +10,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as L
+import torch
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -59,6 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     log.info("run directory: %s", output_dir)
     L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
     datamodule, model = build(cfg)
     log.info("data %s: %s", datamodule.data.name, datamodule.data.summary())
     with atomic_path(output_dir / "config.yaml") as tmp:
