@@ -159,6 +159,41 @@ def evaluation_seconds(model: IZF, x: torch.Tensor, y: torch.Tensor, shape: dict
     return out
 
 
+def efficiency_curve(args, device: torch.device) -> list[dict]:
+    """GZSL H against training steps: one flow trained on generated data of the chosen shape
+    (class structure from the attributes, as the synthetic default), evaluated at each milestone
+    with both classifiers."""
+    from izf.data import ZSLDataModule
+
+    shape = BENCHMARKS[args.shape]
+    per_class = shape["images"] // (shape["seen"] + shape["unseen"])
+    datamodule = ZSLDataModule(name=f"{args.shape}-shaped", source="synthetic", generator={
+        "seen": shape["seen"], "unseen": shape["unseen"], "semantic_dim": shape["semantic_dim"],
+        "feature_dim": args.feature_dim, "per_class": per_class, "seed": 0}, batch_size=args.batch)
+    datamodule.setup()
+    model = IZF(num_classes=len(datamodule.semantics), feature_dim=args.feature_dim,
+                semantic_dim=shape["semantic_dim"], flow={"blocks": args.blocks, "hidden": args.hidden},
+                loss=LOSS | {"negative_margin": args.margin}, optimizer={"lr": 5e-4, "weight_decay": 1e-5},
+                softmax={"n_gen": args.n_gen, "epochs": args.epochs, "lr": 1e-3, "batch_size": 512,
+                         "weight_decay": 0.0, "generation_batch": 8192})
+    milestones = sorted(int(s) for s in args.curve.split(","))
+    curve, start = [], time.perf_counter()
+
+    class Milestones(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *_):
+            if trainer.global_step in milestones:
+                metrics = pl_module.evaluate(datamodule)
+                row = {"steps": trainer.global_step, "elapsed_s": time.perf_counter() - start} | {
+                    k: metrics[k] for k in ("nb/gzsl/H", "softmax/gzsl/H", "softmax/zsl/T1")}
+                print("CURVE_JSON " + json.dumps(row), flush=True)
+                curve.append(row)
+
+    L.Trainer(max_steps=milestones[-1], accelerator=device.type, devices=1, logger=False, callbacks=[Milestones()],
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              gradient_clip_val=10.0).fit(model, datamodule=datamodule)
+    return curve
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="AWA2", choices=sorted(BENCHMARKS), help="benchmark whose sizes to use")
@@ -172,10 +207,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=30, help="softmax classifier epochs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation timing")
+    parser.add_argument("--curve", help="instead: GZSL H at these training steps, e.g. 250,500,1000")
+    parser.add_argument("--margin", type=float, default=None, help="with --curve: model.loss.negative_margin")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     shape = BENCHMARKS[args.shape]
     L.seed_everything(0, verbose=False)
+    if args.curve:
+        return {"curve": efficiency_curve(args, device)}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -155,7 +155,7 @@ class IZF(L.LightningModule):
         self._outputs = {split: [] for split in TEST_SPLITS}
 
     def scores(self, x: Tensor) -> dict[str, Tensor]:
-        """Scores (N×C) of every classifier for every task."""
+        """Scores (N×C) of every classifier for every task (after fit_softmax_classifiers)."""
         c_hat, _, _ = self.encode(x)
         nb = naive_bayes_scores(c_hat, self.class_semantics)
         return {"nb/gzsl": nb, "nb/zsl": nb,
@@ -166,11 +166,16 @@ class IZF(L.LightningModule):
         self._outputs[TEST_SPLITS[dataloader_idx]].append((self.scores(x), y))
 
     def on_test_epoch_end(self) -> None:
-        gathered = {}
-        for split, outputs in self._outputs.items():
-            gathered[split] = ({k: torch.cat([s[k] for s, _ in outputs]) for k in outputs[0][0]},
-                               torch.cat([y for _, y in outputs]))
-        (seen_scores, y_seen), (unseen_scores, y_unseen) = gathered["test_seen"], gathered["test_unseen"]
+        gathered = [({k: torch.cat([s[k] for s, _ in outputs]) for k in outputs[0][0]},
+                     torch.cat([y for _, y in outputs])) for outputs in self._outputs.values()]
+        self.test_metrics = self.protocol_metrics(*gathered[0], *gathered[1])
+        self.log_dict(self.test_metrics)
+        del self._outputs, self._softmax
+
+    def protocol_metrics(self, seen_scores: dict[str, Tensor], y_seen: Tensor,
+                         unseen_scores: dict[str, Tensor], y_unseen: Tensor) -> dict[str, float]:
+        """ZSL T1 and GZSL U, S, H of both classifiers ("nb/...", "softmax/..."), and unprefixed
+        those of the classifier named by the `classifier` hyperparameter."""
         metrics = {}
         for name in CLASSIFIERS:
             metrics |= {f"{name}/{k}": v for k, v in zsl_metrics(
@@ -179,7 +184,20 @@ class IZF(L.LightningModule):
                 seen_scores[f"{name}/gzsl"], y_seen, unseen_scores[f"{name}/gzsl"], y_unseen,
                 self.seen_classes, self.unseen_classes, self.hparams.calibration_gamma).items()}
         chosen = self.hparams.classifier
-        metrics |= {k[len(chosen) + 1:]: v for k, v in metrics.items() if k.startswith(chosen + "/")}
-        self.test_metrics = metrics
-        self.log_dict(metrics)
-        del self._outputs, self._softmax
+        return metrics | {k[len(chosen) + 1:]: v for k, v in metrics.items() if k.startswith(chosen + "/")}
+
+    @torch.no_grad()
+    def evaluate(self, datamodule) -> dict[str, float]:
+        """The whole protocol outside a Lightning test loop (e.g. at milestones during training):
+        fit the softmax classifiers, score both test splits in one pass each, compute the metrics."""
+        was_training = self.training
+        self.eval()
+        x_seen, y_seen = (t.to(self.device) for t in datamodule.split("trainval"))
+        self._softmax = self.fit_softmax_classifiers(x_seen, y_seen)
+        scored = []
+        for split in TEST_SPLITS:
+            x, y = (t.to(self.device) for t in datamodule.split(split))
+            scored += [self.scores(x), y]
+        del self._softmax
+        self.train(was_training)
+        return self.protocol_metrics(*scored)
