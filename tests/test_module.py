@@ -108,3 +108,14 @@ def test_checkpoint_reload_gives_same_predictions(datamodule, tmp_path):
         k: v for k, v in metrics[1].items() if k.startswith("nb/")}
     L.seed_everything(3)
     assert reloaded.evaluate(datamodule) == outside
+
+
+@pytest.mark.slow
+def test_compiled_loss_terms_match_eager(datamodule):
+    # The random draws (unseen classes, z) differ under torch.compile; the deterministic terms agree.
+    x, y = next(iter(datamodule.train_dataloader()))
+    model = make(datamodule, negative=0.0)
+    eager, compiled = model.loss_terms(x, y), model.compiled_loss_terms(x, y)
+    assert set(eager) == set(compiled)
+    for term in eager:
+        assert torch.allclose(eager[term], compiled[term], rtol=1e-4, atol=1e-6), term

@@ -25,7 +25,8 @@ class IZF(L.LightningModule):
 
     def __init__(self, num_classes: int, feature_dim: int, semantic_dim: int, flow: dict[str, Any],
                  loss: dict[str, Any], optimizer: dict[str, Any], softmax: dict[str, Any],
-                 classifier: str = "softmax", calibration_gamma: float = 0.0, jitter: float = 0.008):
+                 classifier: str = "softmax", calibration_gamma: float = 0.0, jitter: float = 0.008,
+                 compile: bool = False):
         super().__init__()
         if classifier not in CLASSIFIERS:
             raise ConfigError(f"model.classifier must be one of {CLASSIFIERS}, got '{classifier}'")
@@ -113,10 +114,17 @@ class IZF(L.LightningModule):
                 terms["centralising"] = w["centralising"] * losses.centralising_loss(generated, means, present)
         return terms
 
+    @property
+    def compiled_loss_terms(self):
+        """loss_terms through torch.compile, built on first use (kept out of the state dict)."""
+        if getattr(self, "_compiled_loss_terms", None) is None:
+            self._compiled_loss_terms = torch.compile(self.loss_terms)
+        return self._compiled_loss_terms
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         x = x + self.hparams.jitter * torch.rand_like(x)
-        terms = self.loss_terms(x, y)
+        terms = self.compiled_loss_terms(x, y) if self.hparams.compile else self.loss_terms(x, y)
         total = torch.stack(list(terms.values())).sum()
         # Tensors, not floats: Lightning reads them only every log_every_n_steps, so the step
         # never waits for the device (a prog_bar entry would read them every step).
