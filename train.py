@@ -4,6 +4,7 @@ import sys
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from izf.errors import IZFError
 from izf.training.run import train
@@ -15,6 +16,9 @@ def main(cfg: DictConfig) -> float:
         return train(cfg)["gzsl/H"]  # returned for sweepers that optimise a value
     except IZFError as err:  # bad data or config: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except MissingMandatoryValue as err:  # a `???` key left unset, e.g. dataset=custom without a root
+        print(f"error: set {err.full_key}=... on the command line (it has no default)", file=sys.stderr)
         sys.exit(2)
 
 

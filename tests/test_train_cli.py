@@ -81,3 +81,9 @@ def test_multirun_sweep_over_loss_weights(tmp_path):
     assert len(runs) == 2
     configs = [(p.parent / "config.yaml").read_text() for p in runs]
     assert "negative: 0\n" in configs[0] and "negative: 0.5\n" in configs[1]
+
+
+def test_custom_without_root_says_which_key_to_set(tmp_path):
+    proc = run_train("dataset=custom", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 2
+    assert "error: set dataset.root=... on the command line" in proc.stderr and "Traceback" not in proc.stderr

@@ -32,7 +32,7 @@ class IZF(L.LightningModule):
             raise ConfigError(f"model.classifier must be one of {CLASSIFIERS}, got '{classifier}'")
         if not 0 < semantic_dim < feature_dim:
             raise ConfigError(f"the semantic dim ({semantic_dim}) must be smaller than the feature dim "
-                             f"({feature_dim}): f(x) = [ĉ (d_c dims); ẑ (D − d_c dims)]")
+                              f"({feature_dim}): f(x) = [ĉ (d_c dims); ẑ (D − d_c dims)]")
         self.save_hyperparameters()
         self.flow = InvertibleFlow(feature_dim, **flow)
         # Class information travels with the checkpoint, so a reloaded model predicts on its own.

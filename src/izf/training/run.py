@@ -48,11 +48,11 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def build(cfg: DictConfig) -> tuple[ZSLDataModule, IZF]:
     """The data (read and validated now, before any work) and a fresh model sized to it."""
-    datamodule = ZSLDataModule(**OmegaConf.to_container(cfg.dataset, resolve=True))
+    datamodule = ZSLDataModule(**OmegaConf.to_container(cfg.dataset, resolve=True, throw_on_missing=True))
     datamodule.setup("fit")
     model = IZF(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
                 semantic_dim=datamodule.semantics.shape[1],
-                **OmegaConf.to_container(cfg.model, resolve=True))
+                **OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True))
     return datamodule, model
 
 
