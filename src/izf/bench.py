@@ -28,6 +28,7 @@ from izf.data.generate import BENCHMARKS
 from izf.model import losses
 from izf.training.module import IZF
 
+# The paper's loss settings, as in conf/model/izf.yaml.
 LOSS = {"semantic": 10.0, "negative": 1.0, "centralising": 1.0,
         "mmd_scales": [0.1, 0.2, 1.5, 3.0, 5.0, 10.0], "mmd_unbiased": False, "negative_margin": None}
 

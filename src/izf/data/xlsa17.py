@@ -68,12 +68,11 @@ def _class_names(mat: dict, n_classes: int) -> list[str]:
             for i, n in enumerate(names.ravel())]
 
 
-def load_xlsa17(root: str | Path, name: str | None = None, semantics_key: str = "att",
-                semantics_file: str = SPLITS_FILE) -> ZSLData:
+def load_xlsa17(root: str | Path, name: str | None = None, semantics_key: str = "att") -> ZSLData:
     """Read and validate one xlsa17 dataset folder."""
     root = Path(root)
     name = name or root.name
-    features_path, splits_path = root / FEATURES_FILE, root / semantics_file
+    features_path, splits_path = root / FEATURES_FILE, root / SPLITS_FILE
     missing = [p.name for p in (features_path, splits_path) if not p.is_file()]
     if missing:
         raise DatasetError(f"dataset '{name}': {root} is missing {' and '.join(missing)}. {HOW_TO_GET}")
