@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from izf.errors import ConfigError
+
 
 def soft_clamp(s: Tensor, clamp: float) -> Tensor:
     """Bound log-scales to (-clamp, clamp) smoothly: clamp * (2/pi) * atan(s / clamp)."""
@@ -33,6 +35,62 @@ class Permutation(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y[:, self.inverse_perm]
+
+
+class LUMixing(nn.Module):
+    """A learned invertible linear map W = P·L·(U + diag(sign·exp(log_s))) (GLOW's LU-decomposed
+    1×1 convolution): P fixed, L unit lower-triangular, U strictly upper-triangular.
+    log|det W| = Σ log_s. Starts as a random rotation."""
+
+    def __init__(self, dim: int, generator: torch.Generator | None = None):
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
+        p, lower, upper = torch.linalg.lu(q)
+        diag = upper.diagonal()
+        self.register_buffer("p", p)
+        self.register_buffer("sign", diag.sign())
+        self.register_buffer("lower_mask", torch.tril(torch.ones(dim, dim), -1))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(upper.triu(1))
+        self.log_s = nn.Parameter(diag.abs().log())
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
+        eye = torch.eye(len(self.log_s), device=self.log_s.device, dtype=self.log_s.dtype)
+        lower = self.lower * self.lower_mask + eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign * self.log_s.exp())
+        return lower, upper
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        lower, upper = self._factors()
+        return x @ (self.p @ lower @ upper).T, self.log_s.sum().expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        lower, upper = self._factors()
+        # x = W⁻¹ y with W = P L U: solve P L U xᵀ = yᵀ by two triangular solves
+        h = torch.linalg.solve_triangular(lower, self.p.T @ y.T, upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper, h, upper=True).T
+
+
+class ActNorm(nn.Module):
+    """Per-dimension affine y = (x + bias)·exp(log_scale), initialised from the first training
+    batch so that its output has zero mean and unit variance (GLOW). log|det| = Σ log_scale."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.log_scale = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and not self.initialised:
+            with torch.no_grad():
+                self.bias.copy_(-x.mean(0))
+                self.log_scale.copy_(-x.std(0).clamp_min(1e-6).log())
+                self.initialised.fill_(True)
+        return (x + self.bias) * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y * (-self.log_scale).exp() - self.bias
 
 
 def _subnet(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -78,24 +136,33 @@ class DoubleAffineCoupling(nn.Module):
         return torch.cat([x1, x2], dim=1)
 
 
-class InvertibleFlow(nn.Module):
-    """f = block_K ∘ ... ∘ block_1, each block a permutation then a double affine coupling.
+MIXINGS = ("permutation", "lu")
 
-    All parameters start as N(0, init_std²), so with the default 0.01 the flow starts near
-    the identity (up to the permutations).
+
+class InvertibleFlow(nn.Module):
+    """f = block_K ∘ ... ∘ block_1, each block [ActNorm →] mixing → double affine coupling.
+
+    Mixing is a fixed random permutation (the reference) or a learned LU-decomposed linear map;
+    ActNorm is optional. The couplings' parameters start as N(0, init_std²), so with the default
+    0.01 they start near the identity.
     """
 
     def __init__(self, dim: int, blocks: int = 10, hidden: int = 1024, clamp: float = 2.0,
-                 init_std: float = 0.01, permutation_seed: int = 0):
+                 init_std: float = 0.01, permutation_seed: int = 0, mixing: str = "permutation",
+                 actnorm: bool = False):
         super().__init__()
+        if mixing not in MIXINGS:
+            raise ConfigError(f"model.flow.mixing must be one of {MIXINGS}, got '{mixing}'")
         generator = torch.Generator().manual_seed(permutation_seed)
         layers: list[nn.Module] = []
         for _ in range(blocks):
-            layers += [Permutation(dim, generator), DoubleAffineCoupling(dim, hidden, clamp)]
+            coupling = DoubleAffineCoupling(dim, hidden, clamp)
+            for p in coupling.parameters():
+                nn.init.normal_(p, mean=0.0, std=init_std)
+            mix = Permutation(dim, generator) if mixing == "permutation" else LUMixing(dim, generator)
+            layers += ([ActNorm(dim)] if actnorm else []) + [mix, coupling]
         self.layers = nn.ModuleList(layers)
         self.dim = dim
-        for p in self.parameters():
-            nn.init.normal_(p, mean=0.0, std=init_std)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return f(x) and log|det ∂f/∂x| per sample."""
