@@ -16,7 +16,7 @@ import platform
 import resource
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from unittest import mock
 
 import lightning.pytorch as L
@@ -86,13 +86,19 @@ def matmul_gflops(batch: int, dim: int, hidden: int, device: torch.device, dtype
     return n * flop / (time.perf_counter() - start) / 1e9
 
 
+def build_model(num_classes: int, semantic_dim: int, args, margin: float | None = None) -> IZF:
+    """The paper's model (conf/model/izf.yaml defaults) at the benchmark's sizes."""
+    return IZF(num_classes=num_classes, feature_dim=args.feature_dim, semantic_dim=semantic_dim,
+               flow={"blocks": args.blocks, "hidden": args.hidden}, loss=LOSS | {"negative_margin": margin},
+               optimizer={"lr": 5e-4, "weight_decay": 1e-5},
+               softmax={"n_gen": args.n_gen, "epochs": args.epochs, "lr": 1e-3, "batch_size": 512,
+                        "weight_decay": 0.0, "generation_batch": 8192})
+
+
 def make_model(shape: dict, args, device: torch.device) -> tuple[IZF, torch.Tensor, torch.Tensor]:
+    """The model on random class semantics, and random trainval features of the shape's size."""
     num_classes = shape["seen"] + shape["unseen"]
-    model = IZF(num_classes=num_classes, feature_dim=args.feature_dim, semantic_dim=shape["semantic_dim"],
-                flow={"blocks": args.blocks, "hidden": args.hidden}, loss=LOSS,
-                optimizer={"lr": 5e-4, "weight_decay": 1e-5},
-                softmax={"n_gen": args.n_gen, "epochs": args.epochs, "lr": 1e-3, "batch_size": 512,
-                         "weight_decay": 0.0, "generation_batch": 8192}).to(device)
+    model = build_model(num_classes, shape["semantic_dim"], args).to(device)
     model.set_classes(torch.rand(num_classes, shape["semantic_dim"], device=device),
                       torch.arange(shape["seen"], device=device))
     n_train = shape["splits"][0]
@@ -105,6 +111,7 @@ def raw_steps(model: IZF, x: torch.Tensor, y: torch.Tensor, args, timer: PhaseTi
     """Seconds per training step (the module's own loss, backward, clipping, Adam)."""
     optimizer = model.configure_optimizers()
     device = x.device
+    phase = timer if timer is not None else (lambda name: nullcontext())
     patches = []
     if timer is not None:
         patches = [mock.patch.object(model.flow, "forward", timer.wrap("flow forward", model.flow.forward)),
@@ -120,17 +127,13 @@ def raw_steps(model: IZF, x: torch.Tensor, y: torch.Tensor, args, timer: PhaseTi
                 if timer is not None:
                     timer.seconds.clear()
             rows = torch.randint(len(x), (args.batch,), device=device)
-            terms = model.loss_terms(x[rows] + 0.008 * torch.rand_like(x[rows]), y[rows])
+            batch = x[rows]
+            terms = model.loss_terms(batch + model.hparams.jitter * torch.rand_like(batch), y[rows])
             loss = torch.stack(list(terms.values())).sum()
             optimizer.zero_grad(set_to_none=True)
-            if timer is not None:
-                with timer("backward"):
-                    loss.backward()
-                with timer("clip + optimiser"):
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                    optimizer.step()
-            else:
+            with phase("backward"):
                 loss.backward()
+            with phase("clip + optimiser"):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
                 optimizer.step()
         sync(device)
@@ -172,11 +175,7 @@ def efficiency_curve(args, device: torch.device) -> list[dict]:
         "seen": shape["seen"], "unseen": shape["unseen"], "semantic_dim": shape["semantic_dim"],
         "feature_dim": args.feature_dim, "per_class": per_class, "seed": 0}, batch_size=args.batch)
     datamodule.setup()
-    model = IZF(num_classes=len(datamodule.semantics), feature_dim=args.feature_dim,
-                semantic_dim=shape["semantic_dim"], flow={"blocks": args.blocks, "hidden": args.hidden},
-                loss=LOSS | {"negative_margin": args.margin}, optimizer={"lr": 5e-4, "weight_decay": 1e-5},
-                softmax={"n_gen": args.n_gen, "epochs": args.epochs, "lr": 1e-3, "batch_size": 512,
-                         "weight_decay": 0.0, "generation_batch": 8192})
+    model = build_model(len(datamodule.semantics), shape["semantic_dim"], args, margin=args.margin)
     milestones = sorted(int(s) for s in args.curve.split(","))
     curve, start = [], time.perf_counter()
 

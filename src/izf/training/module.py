@@ -157,9 +157,12 @@ class IZF(L.LightningModule):
                 .to(self.device).fit(x_gen, y_gen, **fit),
             }
 
+    def _fit_softmax_on_trainval(self, datamodule) -> None:
+        x_seen, y_seen = (t.to(self.device) for t in datamodule.split("trainval"))
+        self._softmax = self.fit_softmax_classifiers(x_seen, y_seen)
+
     def on_test_epoch_start(self) -> None:
-        x_seen, y_seen = self.trainer.datamodule.split("trainval")
-        self._softmax = self.fit_softmax_classifiers(x_seen.to(self.device), y_seen.to(self.device))
+        self._fit_softmax_on_trainval(self.trainer.datamodule)
         self._outputs = {split: [] for split in TEST_SPLITS}
 
     def scores(self, x: Tensor) -> dict[str, Tensor]:
@@ -200,8 +203,7 @@ class IZF(L.LightningModule):
         fit the softmax classifiers, score both test splits in one pass each, compute the metrics."""
         was_training = self.training
         self.eval()
-        x_seen, y_seen = (t.to(self.device) for t in datamodule.split("trainval"))
-        self._softmax = self.fit_softmax_classifiers(x_seen, y_seen)
+        self._fit_softmax_on_trainval(datamodule)
         scored = []
         for split in TEST_SPLITS:
             x, y = (t.to(self.device) for t in datamodule.split(split))
