@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -87,3 +88,36 @@ def test_custom_without_root_says_which_key_to_set(tmp_path):
     proc = run_train("dataset=custom", f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 2
     assert "error: set dataset.root=... on the command line" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def fake_awa2(tmp_path_factory):
+    """data/xlsa17/AWA2 as `python -m izf.data fake` writes it (real splits where ../shared has them)."""
+    from izf.data.__main__ import main as data_cli
+    from tests.conftest import XLSA17
+
+    data_dir = tmp_path_factory.mktemp("data")
+    splits = ["--splits", str(XLSA17 / "AWA2")] if (XLSA17 / "AWA2" / "att_splits.mat").is_file() else []
+    assert data_cli(["fake", "--like", "AWA2", "--out", str(data_dir / "xlsa17" / "AWA2"), "--feature-dim", "96",
+                     *splits]) == 0
+    return data_dir
+
+
+@pytest.mark.slow
+def test_benchmark_validation_task(fake_awa2, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_train("dataset=awa2", f"paths.data_dir={fake_awa2}", "dataset.split=validation", "debug=fast",
+                     "logger=none", f"hydra.run.dir={run_dir}")
+    _check_metrics(run_dir)
+    assert "AWA2 (validation), validation task" in proc.stdout.replace("\n", " ")
+    # The task: AWA2's 40 seen classes, split into training and pseudo-unseen validation classes.
+    task = re.search(r"'classes': (\d+), 'seen': (\d+), 'unseen': (\d+)", proc.stdout + proc.stderr)
+    classes, seen, unseen = map(int, task.groups())
+    assert classes == seen + unseen == 40 and unseen > 0
+
+
+def test_benchmark_config_refuses_data_of_another_shape(fake_awa2, tmp_path):
+    proc = run_train("dataset=awa1", f"dataset.root={fake_awa2 / 'xlsa17' / 'AWA2'}", f"hydra.run.dir={tmp_path}",
+                     check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "does not match dataset 'AWA1' as configured: images expected 30475, found 37322" in proc.stderr

@@ -9,7 +9,7 @@ import scipy.io
 import torch
 
 from izf.data import DatasetError, ZSLDataModule, load_xlsa17, save_xlsa17
-from izf.data.generate import BENCHMARKS, features_for_split_file, synthetic
+from izf.data.generate import BENCHMARKS, like, synthetic
 
 
 def _write_res101(folder, features, labels):
@@ -27,9 +27,8 @@ def real_like(tmp_path, xlsa17_dir, request):
     labels = None
     if name == "AWA2":  # the real AWA2 label vector is known
         labels = np.load(xlsa17_dir / "AWA2" / "res101_labels_reconstructed.npy").astype(np.int64) - 1
-    features, labels = features_for_split_file(folder / "att_splits.mat", BENCHMARKS[name]["unseen"],
-                                               feature_dim=32, labels=labels)
-    _write_res101(folder, features, labels)
+    data = like(name, splits_file=folder / "att_splits.mat", labels=labels, feature_dim=32)
+    _write_res101(folder, data.features, data.labels)
     return name, folder
 
 

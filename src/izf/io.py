@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | Path, path: str | Path, directory: bool = False) -> None:
+    """Rename a finished temporary file or folder onto `path` with the permissions a plain
+    open()/mkdir() would have given it (mkstemp/mkdtemp make them private to the user)."""
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+    os.replace(tmp, path)
 
 
 @contextmanager
@@ -16,6 +30,29 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; if the block succeeds it becomes `path` (an older
+    `path` is moved aside first and deleted after), else it is deleted. No reader ever sees a
+    half-written folder under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    old = tmp.with_name(tmp.name.replace(".partial-", ".old-"))
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        try:
+            publish(tmp, path, directory=True)
+        except OSError:
+            if old.exists():  # put the previous folder back rather than lose it
+                os.replace(old, path)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -14,10 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from izf.data import generate
 from izf.data.dataset import ZSLData
+from izf.data.splits import validation_split
 from izf.data.xlsa17 import load_xlsa17
 from izf.errors import ConfigError, DatasetError
 
 SOURCES = ("xlsa17", "synthetic", "toy")
+EVALUATION_SPLITS = ("test", "validation")
 SCALINGS = ("minmax", "none")
 
 
@@ -29,8 +31,8 @@ def minmax_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scale(name: str, fit_on: np.ndarray, apply_to: np.ndarray) -> np.ndarray:
-    if name == "none":
-        return apply_to
+    if name == "none":  # a private float32 copy (the input may be a read-only memory map)
+        return np.array(apply_to, dtype=np.float32)
     low, span = minmax_fit(fit_on)
     return ((apply_to - low) / span).astype(np.float32)
 
@@ -62,16 +64,21 @@ class ShuffledBatches:
 
 
 class ZSLDataModule(L.LightningDataModule):
+    """split='test' trains on trainval and evaluates on test_seen/test_unseen (the reported
+    numbers); split='validation' trains and evaluates inside the seen classes (splits.py), for
+    choosing hyperparameters without looking at test data."""
+
     def __init__(self, name: str, source: str = "xlsa17", root: str | None = None,
-                 generator: dict[str, Any] | None = None, semantics_key: str = "att",
-                 feature_scaling: str = "minmax", semantic_scaling: str = "none",
+                 generator: dict[str, Any] | None = None, semantics: str = "att", split: str = "test",
+                 validation: dict[str, Any] | None = None, expect: dict[str, Any] | None = None,
+                 cache: bool = True, feature_scaling: str = "minmax", semantic_scaling: str = "none",
                  batch_size: int = 256, eval_batch_size: int = 8192, batches_per_epoch: int = 1000):
         super().__init__()
-        if source not in SOURCES:
-            raise DatasetError(f"dataset.source must be one of {SOURCES}, got '{source}'")
-        for key, value in (("feature_scaling", feature_scaling), ("semantic_scaling", semantic_scaling)):
-            if value not in SCALINGS:
-                raise DatasetError(f"dataset.{key} must be one of {SCALINGS}, got '{value}'")
+        choices = {"source": (source, SOURCES), "split": (split, EVALUATION_SPLITS),
+                   "feature_scaling": (feature_scaling, SCALINGS), "semantic_scaling": (semantic_scaling, SCALINGS)}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"dataset.{key} must be one of {allowed}, got '{value}'")
         if source == "xlsa17" and not root:
             raise DatasetError(f"dataset '{name}': dataset.root must name an xlsa17 folder")
         if min(batch_size, eval_batch_size, batches_per_epoch) < 1:
@@ -83,10 +90,18 @@ class ZSLDataModule(L.LightningDataModule):
     def _read(self) -> ZSLData:
         hp = self.hparams
         if hp.source == "synthetic":
-            return generate.synthetic(**(hp.generator or {}))
-        if hp.source == "toy":
-            return generate.toy(**(hp.generator or {}))
-        return load_xlsa17(hp.root, name=hp.name, semantics_key=hp.semantics_key)
+            data = generate.synthetic(**(hp.generator or {}))
+        elif hp.source == "toy":
+            data = generate.toy(**(hp.generator or {}))
+        else:
+            data = load_xlsa17(hp.root, name=hp.name, semantics=hp.semantics, cache=hp.cache)
+        expect = dict(hp.expect or {})
+        if isinstance(expect.get("semantic_dim"), dict):  # declared per kind of semantics
+            expect["semantic_dim"] = expect["semantic_dim"].get(hp.semantics)
+        data.check_expected(hp.root or hp.source, **expect)
+        if hp.split == "validation":
+            data = validation_split(data, **(hp.validation or {}))
+        return data
 
     def setup(self, stage: str | None = None) -> None:
         """Read, validate and scale once (min-max fitted on trainval only); later calls are free."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from izf.errors import DatasetError
+
 SPLITS = ("trainval", "test_seen", "test_unseen")
 OPTIONAL_SPLITS = ("train", "val")
 
@@ -56,3 +58,14 @@ class ZSLData:
             "feature_dim": self.feature_dim, "semantic_dim": self.semantic_dim,
             **{split: len(idx) for split, idx in self.splits.items()},
         }
+
+    def check_expected(self, source: str, **expected: int | None) -> None:
+        """Refuse data that disagree with what the config declares (images, seen, unseen,
+        semantic_dim; None = not declared), e.g. a folder of another benchmark."""
+        found = self.summary()
+        wrong = {key: (value, found[key]) for key, value in expected.items()
+                 if value is not None and found[key] != value}
+        if wrong:
+            details = ", ".join(f"{key} expected {want}, found {got}" for key, (want, got) in wrong.items())
+            raise DatasetError(f"{source}: does not match dataset '{self.name}' as configured: {details} "
+                               "(wrong folder, or dataset.expect needs updating)")

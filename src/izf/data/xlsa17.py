@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from izf.data import cache
 from izf.data.dataset import OPTIONAL_SPLITS, SPLITS, ZSLData
 from izf.errors import DatasetError
 from izf.io import atomic_path
 
 FEATURES_FILE = "res101.mat"
 SPLITS_FILE = "att_splits.mat"
+SENTENCES_FILE = "sent_splits.mat"  # CUB only: the same splits, `att` = 1024-d sentence embeddings
 HOW_TO_GET = (
     "Get the public xlsa17 archive (xlsa17.zip, Max Planck Institute for Informatics; linked from "
     "the README of every GZSL codebase) and unpack it so that <data_dir>/xlsa17/<NAME>/ holds "
@@ -40,7 +42,7 @@ def _require(mat: dict, key: str, path: Path) -> np.ndarray:
         found = sorted(k for k in mat if not k.startswith("__"))
         raise DatasetError(f"{path}: missing key '{key}' (found keys: {found})")
     value = mat[key]
-    if not isinstance(value, np.ndarray) or value.dtype == object:
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.number):
         raise DatasetError(f"{path}: key '{key}' must be a numeric array, found {type(value).__name__}"
                            f" of dtype {getattr(value, 'dtype', None)}")
     return value
@@ -68,8 +70,71 @@ def _class_names(mat: dict, n_classes: int) -> list[str]:
             for i, n in enumerate(names.ravel())]
 
 
-def load_xlsa17(root: str | Path, name: str | None = None, semantics_key: str = "att") -> ZSLData:
-    """Read and validate one xlsa17 dataset folder."""
+def _read_features(path: Path, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
+    """res101.mat as ((N, D) float32 features, (N,) 1-based int64 labels), from the cache when it
+    is current; a fresh read is checked for shape and NaN/inf, then cached."""
+    if use_cache and (cached := cache.load(path)) is not None:
+        return cached
+    mat = _read_mat(path)
+    features, labels = _require(mat, "features", path), _require(mat, "labels", path)
+    if features.ndim != 2:
+        raise DatasetError(f"{path}: 'features' must be a 2-D (D × N) matrix, found shape {features.shape}")
+    if labels.size != features.shape[1]:
+        raise DatasetError(f"{path}: 'labels' has {labels.size} entries but 'features' has "
+                           f"{features.shape[1]} columns (images); expected one label per image")
+    if not np.all(np.mod(labels, 1) == 0):
+        raise DatasetError(f"{path}: 'labels' must hold integer class indices, found dtype {labels.dtype}")
+    features = np.ascontiguousarray(features.T, dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise DatasetError(f"{path}: 'features' contains NaN or inf")
+    labels = labels.ravel().astype(np.int64)
+    if use_cache:
+        cache.store(path, features, labels)
+    return features, labels
+
+
+def _as_class_rows(matrix: np.ndarray, path: Path, what: str, n_classes: int | None) -> np.ndarray:
+    """A finite 2-D (C, d) float32 matrix, C = n_classes where that is known."""
+    if matrix.ndim != 2 or (n_classes is not None and matrix.shape[0] != n_classes):
+        rows = "C" if n_classes is None else f"C={n_classes}"
+        raise DatasetError(f"{path}: {what} must be a 2-D matrix with one row per class ({rows} × d), "
+                           f"found shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise DatasetError(f"{path}: {what} contains NaN or inf")
+    return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+def read_semantics(root: Path, split_mat: dict, semantics: str = "att") -> np.ndarray:
+    """The class semantics as (C, d_c) float32. `semantics` is a key of att_splits.mat ('att',
+    'original_att'), 'sent' (CUB's sent_splits.mat, 1024-d sentence embeddings), or a file of
+    class embeddings: .npy with one row per class, or .mat in att's d × C layout ('file.mat' with
+    a key 'att', or 'file.mat:key'). Rows follow the labels: label l is row l−1."""
+    splits_path = root / SPLITS_FILE
+    n_classes = split_mat["att"].shape[1] if getattr(split_mat.get("att"), "ndim", 0) == 2 else None
+    if semantics in ("sent", SENTENCES_FILE):
+        path, key = root / SENTENCES_FILE, "att"
+    elif semantics.endswith(".npy") or ".mat" in semantics:
+        file, key = semantics.rsplit(":", 1) if ".mat:" in semantics else (semantics, "att")
+        path = root / file if (root / file).is_file() else Path(file)  # beside the data, or as given
+    else:  # a key of att_splits.mat
+        return _as_class_rows(_require(split_mat, semantics, splits_path).T, splits_path,
+                              f"'{semantics}' (transposed from d × C)", None)
+    if not path.is_file():
+        raise DatasetError(f"dataset.semantics={semantics}: no such file {path}")
+    if path.suffix == ".npy":
+        try:
+            matrix = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"{path}: not a readable .npy array ({err})") from err
+        if not np.issubdtype(matrix.dtype, np.number):
+            raise DatasetError(f"{path}: expected a numeric array, found dtype {matrix.dtype}")
+        return _as_class_rows(matrix, path, "the class embedding", n_classes)
+    return _as_class_rows(_require(_read_mat(path), key, path).T, path,
+                          f"'{key}' (transposed from d × C)", n_classes)
+
+
+def load_xlsa17(root: str | Path, name: str | None = None, semantics: str = "att", cache: bool = True) -> ZSLData:
+    """Read and validate one xlsa17 dataset folder (features through the float32 cache)."""
     root = Path(root)
     name = name or root.name
     features_path, splits_path = root / FEATURES_FILE, root / SPLITS_FILE
@@ -78,37 +143,19 @@ def load_xlsa17(root: str | Path, name: str | None = None, semantics_key: str = 
         raise DatasetError(f"dataset '{name}': {root} is missing {' and '.join(missing)}. {HOW_TO_GET}")
 
     split_mat = _read_mat(splits_path)
-    att = _require(split_mat, semantics_key, splits_path)
-    if att.ndim != 2:
-        raise DatasetError(f"{splits_path}: '{semantics_key}' must be a 2-D (dim × classes) matrix, "
-                           f"found shape {att.shape}")
-    semantics = np.ascontiguousarray(att.T, dtype=np.float32)
-    if not np.isfinite(semantics).all():
-        raise DatasetError(f"{splits_path}: '{semantics_key}' contains NaN or inf")
-    n_classes = semantics.shape[0]
-
-    feature_mat = _read_mat(features_path)
-    features = _require(feature_mat, "features", features_path)
-    labels = _require(feature_mat, "labels", features_path)
-    if features.ndim != 2:
-        raise DatasetError(f"{features_path}: 'features' must be a 2-D (D × N) matrix, found shape {features.shape}")
-    n_images = features.shape[1]
-    if labels.size != n_images:
-        raise DatasetError(f"{features_path}: 'labels' has {labels.size} entries but 'features' has "
-                           f"{n_images} columns (images); expected one label per image")
-    labels = labels.ravel().astype(np.int64)
+    class_semantics = read_semantics(root, split_mat, semantics)
+    n_classes = len(class_semantics)
+    features, labels = _read_features(features_path, cache)
     if labels.min() < 1 or labels.max() > n_classes:
-        raise DatasetError(f"{features_path}: 'labels' must lie in 1..{n_classes} (the columns of "
-                           f"'{semantics_key}' in {splits_path.name}), found {labels.min()}..{labels.max()}")
-    features = np.ascontiguousarray(features.T, dtype=np.float32)
-    if not np.isfinite(features).all():
-        raise DatasetError(f"{features_path}: 'features' contains NaN or inf")
+        raise DatasetError(f"{features_path}: 'labels' must lie in 1..{n_classes} (one per class of the "
+                           f"semantics '{semantics}'), found {labels.min()}..{labels.max()}")
 
+    n_images = len(labels)
     splits = {key: _indices(split_mat, f"{key}_loc", splits_path, n_images) for key in SPLITS}
     # train_loc/val_loc are optional (absent from some releases, e.g. CUB's file here).
     splits |= {key: _indices(split_mat, f"{key}_loc", splits_path, n_images)
                for key in OPTIONAL_SPLITS if f"{key}_loc" in split_mat}
-    data = ZSLData(name=name, features=features, labels=labels - 1, semantics=semantics,
+    data = ZSLData(name=name, features=features, labels=labels - 1, semantics=class_semantics,
                    splits=splits, class_names=_class_names(split_mat, n_classes))
     validate(data, source=str(splits_path))
     return data
@@ -133,6 +180,9 @@ def validate(data: ZSLData, source: str) -> None:
     stray = np.setdiff1d(np.unique(data.labels[data.splits["test_seen"]]), seen)
     if stray.size:
         raise DatasetError(f"{source}: test_seen holds classes {stray[:10].tolist()} without trainval samples")
+    if len(seen) + len(unseen) != data.num_classes:
+        raise DatasetError(f"{source}: the semantics have {data.num_classes} classes but the splits hold "
+                           f"{len(seen)} seen + {len(unseen)} unseen; expected every class to be one of them")
 
 
 def _savemat_atomic(path: Path, content: dict) -> None:

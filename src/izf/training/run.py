@@ -82,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.experiment.finish()
 
     write_json_atomic(output_dir / "metrics.json", metrics)
-    Console().print(results_table(metrics, f"IZF on {datamodule.data.name} (%)", cfg.model.classifier))
+    task = ("validation task: seen classes only, no test data" if datamodule.hparams.split == "validation"
+            else "test splits")
+    Console().print(results_table(metrics, f"IZF on {datamodule.data.name}, {task} (%)", cfg.model.classifier))
     log.info("metrics written to %s", output_dir / "metrics.json")
     return metrics

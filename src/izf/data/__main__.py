@@ -1,0 +1,198 @@
+"""Benchmark data from the command line.
+
+    python -m izf.data download awa2 [cub ...|all]   fetch and unpack the public xlsa17 archive
+    python -m izf.data check awa2|DIR                validate a dataset folder and summarise it
+    python -m izf.data fake --like AWA2 --out DIR    a stand-in with the benchmark's shape
+    python -m izf.data bench-load DIR                first (uncached) vs cached load time and memory
+
+Bad data or arguments print one `error: ...` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from izf.data import cache, download, generate
+from izf.data.xlsa17 import FEATURES_FILE, SENTENCES_FILE, SPLITS_FILE, load_xlsa17, save_xlsa17
+from izf.errors import IZFError
+from izf.io import atomic_folder
+
+CONFIG = Path(__file__).resolve().parents[3] / "conf" / "data" / "xlsa17.yaml"
+
+
+def default_data_dir() -> Path:
+    """The same place as the training config's paths.data_dir: $IZF_ROOT/data, else ./data."""
+    return Path(os.environ.get("IZF_ROOT", ".")) / "data"
+
+
+def _dataset_folder(target: str, data_dir: Path) -> tuple[Path, str | None]:
+    """(folder, benchmark name or None) for `check NAME` or `check DIR`."""
+    name = target.upper()
+    if name in generate.BENCHMARKS and not Path(target).is_dir():
+        return data_dir / "xlsa17" / name, name
+    folder = Path(target)
+    return folder, folder.name.upper() if folder.name.upper() in generate.BENCHMARKS else None
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    config = OmegaConf.load(CONFIG) if CONFIG.is_file() else OmegaConf.create({"url": None, "sha256": None})
+    names = list(download.NAMES) if [n.lower() for n in args.names] == ["all"] else args.names
+    url = args.url or config.url
+    folders = download.download(names, data_dir=args.data_dir, url=url, sha256=args.sha256 or config.sha256,
+                                archive=args.archive, force=args.force, progress=not args.no_progress)
+    for folder in folders:
+        print(f"ready: {folder}")
+
+
+def feature_statistics(features: np.ndarray) -> dict[str, float]:
+    per_dim_mean, per_dim_std = features.mean(axis=0), features.std(axis=0)
+    return {"min": float(features.min()), "max": float(features.max()),
+            "per-dim mean (avg)": float(per_dim_mean.mean()), "per-dim std (avg)": float(per_dim_std.mean()),
+            "zeros": float((features == 0).mean())}
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    folder, benchmark = _dataset_folder(args.target, args.data_dir)
+    features_cached = cache.load(folder / FEATURES_FILE) is not None if (folder / FEATURES_FILE).is_file() else False
+    start = time.perf_counter()
+    data = load_xlsa17(folder, name=benchmark or folder.name, semantics=args.semantics, cache=not args.no_cache)
+    seconds = time.perf_counter() - start
+    if benchmark:  # a known benchmark must look like it (attribute dims only for its own `att`)
+        facts = generate.BENCHMARKS[benchmark]
+        data.check_expected(str(folder), images=facts["images"], seen=facts["seen"], unseen=facts["unseen"],
+                            semantic_dim=facts["semantic_dim"] if args.semantics == "att" else None)
+    table = Table(title=f"{data.name}: {folder} — valid", show_header=False)
+    summary = data.summary()
+    rows = {"images": summary["images"],
+            "classes": f"{summary['classes']} ({summary['seen']} seen / {summary['unseen']} unseen)",
+            f"semantics '{args.semantics}'": f"{summary['semantic_dim']}-d",
+            "features": f"{summary['feature_dim']}-d float32",
+            **{f"split {split}": summary[split] for split in data.splits},
+            **{f"features {k}": f"{v:.4g}" for k, v in feature_statistics(data.features).items()},
+            "load": f"{seconds:.2f} s ({'from the cache' if features_cached else 'from ' + FEATURES_FILE})"}
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+def cmd_fake(args: argparse.Namespace) -> None:
+    """Written under a temporary name beside --out and renamed at the end: never half a folder."""
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise IZFError(f"--out {out} already exists (pass --force to replace it)")
+    splits_file = args.splits / SPLITS_FILE if args.splits and args.splits.is_dir() else args.splits
+    if splits_file is not None and not splits_file.is_file():
+        raise IZFError(f"--splits {args.splits}: no {SPLITS_FILE} there")
+    labels = np.load(args.labels).astype(np.int64) - 1 if args.labels else None  # stored 1-based
+    data = generate.like(args.like, splits_file=splits_file, labels=labels, feature_dim=args.feature_dim,
+                         seed=args.seed)
+    with atomic_folder(out) as partial:
+        save_xlsa17(data, partial)
+        if splits_file is not None and (splits_file.parent / SENTENCES_FILE).is_file():
+            shutil.copy(splits_file.parent / SENTENCES_FILE, partial / SENTENCES_FILE)
+        load_xlsa17(partial, name=args.like, cache=False)  # what was written must read back valid
+    print(f"wrote {out}: {data.summary()}")
+
+
+_LOAD_PROBE = """
+import json, resource, sys, time
+from izf.data.xlsa17 import load_xlsa17
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+data = load_xlsa17(sys.argv[1], cache=sys.argv[2] == "1")
+x = float(data.features[data.splits["trainval"]].sum())  # touch the training rows, as a run does
+print(json.dumps({"seconds": time.perf_counter() - start, "imports_kb": before,
+                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def cmd_bench_load(args: argparse.Namespace) -> None:
+    """Each load in a fresh process, so the page cache is the only thing shared between them."""
+    folder = Path(args.folder)
+    cache_folder = cache.cache_dir(folder / FEATURES_FILE)
+
+    def probe(use_cache: bool) -> dict[str, float]:
+        result = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(folder), "1" if use_cache else "0"],
+                                capture_output=True, text=True, check=False)
+        if result.returncode:
+            raise IZFError(f"loading {folder} failed: {result.stderr.strip().splitlines()[-1]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    results = {"uncached (no cache)": probe(False)}
+    shutil.rmtree(cache_folder, ignore_errors=True)
+    results["first load (builds the cache)"] = probe(True)
+    results["cached (memory-mapped)"] = min((probe(True) for _ in range(args.repeat)), key=lambda r: r["seconds"])
+    table = Table(title=f"Loading {folder}")
+    for column in ("load", "seconds", "peak RSS MB", "of which imports MB"):
+        table.add_column(column, justify="right" if column != "load" else "left")
+    for label, r in results.items():
+        table.add_row(label, f"{r['seconds']:.3f}", f"{r['peak_kb'] / 1024:.0f}", f"{r['imports_kb'] / 1024:.0f}")
+    Console().print(table)
+    speedup = results["uncached (no cache)"]["seconds"] / results["cached (memory-mapped)"]["seconds"]
+    print(f"cached load is {speedup:.1f}x faster than reading {FEATURES_FILE}")
+    print("BENCH_LOAD_JSON " + json.dumps({"speedup": speedup, **results}))
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="python -m izf.data", description=__doc__.split("\n\n")[0])
+    commands = main.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("download", help="fetch and unpack xlsa17 datasets into <data-dir>/xlsa17/<NAME>/")
+    p.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(download.NAMES)} (any case) or all")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $IZF_ROOT/data or ./data")
+    p.add_argument("--url", help=f"archive address (default: url in {CONFIG.relative_to(CONFIG.parents[2])})")
+    p.add_argument("--sha256", help="expected sha256 of the archive")
+    p.add_argument("--archive", type=Path, help="an xlsa17.zip you downloaded yourself: no network used")
+    p.add_argument("--force", action="store_true", help="replace datasets that are already there")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=cmd_download)
+
+    p = commands.add_parser("check", help="validate a dataset folder and print its summary")
+    p.add_argument("target", metavar="NAME|DIR", help="a benchmark under <data-dir>/xlsa17/, or any folder")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--semantics", default="att", help="as dataset.semantics: att, sent, emb.npy, ...")
+    p.add_argument("--no-cache", action="store_true", help="read res101.mat itself, write no cache")
+    p.set_defaults(run=cmd_check)
+
+    p = commands.add_parser("fake", help="write a generated stand-in with a benchmark's shape")
+    p.add_argument("--like", required=True, type=str.upper, choices=sorted(generate.BENCHMARKS))
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--splits", type=Path, help="the real att_splits.mat (or its folder) to take attributes and "
+                                               "splits from; without it they are generated")
+    p.add_argument("--labels", type=Path, help="the real 1-based label vector (.npy), e.g. AWA2's")
+    p.add_argument("--feature-dim", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=cmd_fake)
+
+    p = commands.add_parser("bench-load", help="time a dataset's load from res101.mat and from the cache")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--repeat", type=int, default=3, help="cached loads to take the fastest of")
+    p.set_defaults(run=cmd_bench_load)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except IZFError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
