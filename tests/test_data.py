@@ -272,13 +272,22 @@ def test_check_names_each_problem(folder, kind, capsys):
     assert re.search(message, err), err
 
 
-@pytest.mark.parametrize("file", ["res101.mat", "att_splits.mat"])
-def test_truncated_files(folder, file, capsys):
+@pytest.mark.parametrize("file, semantics, message", [
+    ("res101.mat", "att", "not a readable MAT v5 file"),
+    ("att_splits.mat", "att", "not a readable MAT v5 file"),
+    ("sent_splits.mat", "sent", "not a readable MAT v5 file"),
+    ("emb.npy", "emb.npy", "not a readable .npy array"),
+])
+def test_truncated_files(folder, file, semantics, message, capsys):
+    shutil.copy(folder / "att_splits.mat", folder / "sent_splits.mat")
+    np.save(folder / "emb.npy", np.ones((6, 4)))
+    assert data_cli(["check", str(folder), "--semantics", semantics]) == 0  # intact, all of them
     content = (folder / file).read_bytes()
     (folder / file).write_bytes(content[: len(content) // 2])
-    assert data_cli(["check", str(folder)]) == 2
+    capsys.readouterr()
+    assert data_cli(["check", str(folder), "--semantics", semantics]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {folder / file}: not a readable MAT v5 file") and err.count("\n") == 1
+    assert err.startswith(f"error: {folder / file}: {message}") and err.count("\n") == 1, err
 
 
 def test_check_refuses_a_benchmark_of_the_wrong_shape(folder, tmp_path, capsys):

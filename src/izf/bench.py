@@ -164,18 +164,15 @@ def evaluation_seconds(model: IZF, x: torch.Tensor, y: torch.Tensor, shape: dict
 
 
 def efficiency_curve(args, device: torch.device) -> list[dict]:
-    """GZSL H against training steps: one flow trained on generated data of the chosen shape
-    (class structure from the attributes, as the synthetic default), evaluated at each milestone
-    with both classifiers."""
+    """GZSL H against training steps: one flow trained on the benchmark's generated stand-in
+    (generate.like: its sizes, ResNet-like feature statistics, class structure from the
+    attributes), evaluated at each milestone with both classifiers."""
     from izf.data import ZSLDataModule
 
-    shape = BENCHMARKS[args.shape]
-    per_class = shape["images"] // (shape["seen"] + shape["unseen"])
-    datamodule = ZSLDataModule(name=f"{args.shape}-shaped", source="synthetic", generator={
-        "seen": shape["seen"], "unseen": shape["unseen"], "semantic_dim": shape["semantic_dim"],
-        "feature_dim": args.feature_dim, "per_class": per_class, "seed": 0}, batch_size=args.batch)
+    datamodule = ZSLDataModule(name=f"{args.shape} stand-in", source="stand_in", batch_size=args.batch,
+                               generator={"name": args.shape, "feature_dim": args.feature_dim, "seed": 0})
     datamodule.setup()
-    model = build_model(len(datamodule.semantics), shape["semantic_dim"], args, margin=args.margin)
+    model = build_model(len(datamodule.semantics), datamodule.semantics.shape[1], args, margin=args.margin)
     milestones = sorted(int(s) for s in args.curve.split(","))
     curve, start = [], time.perf_counter()
 

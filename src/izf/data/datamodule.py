@@ -18,7 +18,7 @@ from izf.data.splits import validation_split
 from izf.data.xlsa17 import load_xlsa17
 from izf.errors import ConfigError, DatasetError
 
-SOURCES = ("xlsa17", "synthetic", "toy")
+SOURCES = ("xlsa17", "synthetic", "toy", "stand_in")
 EVALUATION_SPLITS = ("test", "validation")
 SCALINGS = ("minmax", "none")
 
@@ -93,6 +93,8 @@ class ZSLDataModule(L.LightningDataModule):
             data = generate.synthetic(**(hp.generator or {}))
         elif hp.source == "toy":
             data = generate.toy(**(hp.generator or {}))
+        elif hp.source == "stand_in":
+            data = generate.like(**(hp.generator or {}))
         else:
             data = load_xlsa17(hp.root, name=hp.name, semantics=hp.semantics, cache=hp.cache)
         expect = dict(hp.expect or {})

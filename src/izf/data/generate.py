@@ -158,6 +158,6 @@ def like(name: str, splits_file: str | Path | None = None, labels: np.ndarray | 
     n_images = int(max(v.max() for v in locs.values())) + 1
     if labels is None:
         labels = _draw_labels(locs, n_images, len(semantics), facts["unseen"], rng)
-    return ZSLData(name=name, features=resnet_like_features(semantics, labels, feature_dim, rng),
+    return ZSLData(name=f"{name} stand-in", features=resnet_like_features(semantics, labels, feature_dim, rng),
                    labels=labels, semantics=semantics, splits={k: np.sort(v) for k, v in locs.items()},
                    class_names=names or [f"class_{y + 1}" for y in range(len(semantics))])
