@@ -65,7 +65,7 @@ def feature_statistics(features: np.ndarray) -> dict[str, float]:
 
 def cmd_check(args: argparse.Namespace) -> None:
     folder, benchmark = _dataset_folder(args.target, args.data_dir)
-    features_cached = cache.load(folder / FEATURES_FILE) is not None if (folder / FEATURES_FILE).is_file() else False
+    features_cached = (folder / FEATURES_FILE).is_file() and cache.lookup(folder / FEATURES_FILE) is not None
     start = time.perf_counter()
     data = load_xlsa17(folder, name=benchmark or folder.name, semantics=args.semantics, cache=not args.no_cache)
     seconds = time.perf_counter() - start
@@ -107,12 +107,17 @@ def cmd_fake(args: argparse.Namespace) -> None:
 
 
 _LOAD_PROBE = """
-import json, resource, sys, time
-from izf.data.xlsa17 import load_xlsa17
+import json, resource, sys, tempfile, time
+from pathlib import Path
+from izf.data.xlsa17 import FEATURES_FILE, _convert_features, load_xlsa17
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-data = load_xlsa17(sys.argv[1], cache=sys.argv[2] == "1")
-x = float(data.features[data.splits["trainval"]].sum())  # touch the training rows, as a run does
+if sys.argv[2] == "parse":  # the reader's child-process work, here in the measured process
+    with tempfile.TemporaryDirectory(dir=sys.argv[1]) as out:
+        _convert_features(Path(sys.argv[1]) / FEATURES_FILE, Path(out))
+else:
+    data = load_xlsa17(sys.argv[1])
+    x = float(data.features[data.splits["trainval"]].sum())  # touch the training rows, as a run does
 print(json.dumps({"seconds": time.perf_counter() - start, "imports_kb": before,
                   "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
@@ -121,27 +126,28 @@ print(json.dumps({"seconds": time.perf_counter() - start, "imports_kb": before,
 def cmd_bench_load(args: argparse.Namespace) -> None:
     """Each load in a fresh process, so the page cache is the only thing shared between them."""
     folder = Path(args.folder)
-    cache_folder = cache.cache_dir(folder / FEATURES_FILE)
 
-    def probe(use_cache: bool) -> dict[str, float]:
-        result = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(folder), "1" if use_cache else "0"],
+    def probe(mode: str) -> dict[str, float]:
+        result = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(folder), mode],
                                 capture_output=True, text=True, check=False)
         if result.returncode:
             raise IZFError(f"loading {folder} failed: {result.stderr.strip().splitlines()[-1]}")
         return json.loads(result.stdout.strip().splitlines()[-1])
 
-    results = {"uncached (no cache)": probe(False)}
-    shutil.rmtree(cache_folder, ignore_errors=True)
-    results["first load (builds the cache)"] = probe(True)
-    results["cached (memory-mapped)"] = min((probe(True) for _ in range(args.repeat)), key=lambda r: r["seconds"])
+    results = {f"parsing {FEATURES_FILE} (done in a child process)": probe("parse")}
+    shutil.rmtree(cache.cache_dir(folder / FEATURES_FILE), ignore_errors=True)
+    results["first load (parses, builds the cache)"] = probe("load")
+    results["cached load (memory-mapped)"] = min((probe("load") for _ in range(args.repeat)),
+                                                 key=lambda r: r["seconds"])
     table = Table(title=f"Loading {folder}")
     for column in ("load", "seconds", "peak RSS MB", "of which imports MB"):
         table.add_column(column, justify="right" if column != "load" else "left")
     for label, r in results.items():
         table.add_row(label, f"{r['seconds']:.3f}", f"{r['peak_kb'] / 1024:.0f}", f"{r['imports_kb'] / 1024:.0f}")
     Console().print(table)
-    speedup = results["uncached (no cache)"]["seconds"] / results["cached (memory-mapped)"]["seconds"]
-    print(f"cached load is {speedup:.1f}x faster than reading {FEATURES_FILE}")
+    first, cached = results["first load (parses, builds the cache)"], results["cached load (memory-mapped)"]
+    speedup = first["seconds"] / cached["seconds"]
+    print(f"the cached load is {speedup:.1f}x faster than the first")
     print("BENCH_LOAD_JSON " + json.dumps({"speedup": speedup, **results}))
 
 

@@ -1,10 +1,11 @@
-"""A float32 copy of res101.mat's features and labels that later runs memory-map.
+"""Parsed copies of the dataset files that later runs load in milliseconds.
 
 res101.mat stores float64 features one column per image: scipy parses ~600 MB for AWA2 and the
-reader then transposes and narrows it, on every run. The cache holds the finished (N, D) float32
-array as .npy files that np.load memory-maps in milliseconds. It is keyed by the source file's
-size and mtime (any change rebuilds it) and `key.json` is written last, after the arrays, each
-file atomically: a crash while caching leaves either no cache or the old one, never a wrong one.
+reader then transposes and narrows it, on every run. Its cache entry holds the finished (N, D)
+float32 array as .npy files that np.load memory-maps; the small .mat files are kept parsed too.
+An entry is keyed by its source file's size and mtime (any change rebuilds it), and `key.json` is
+written last, after the content, each file atomically: a crash while caching leaves either no
+entry or the old one, never a wrong one.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from izf.io import atomic_path
 
-VERSION = 1
+VERSION = 2
 CACHE_DIRNAME = ".izf-cache"
 
 
@@ -37,32 +37,32 @@ def cache_dir(source: Path) -> Path:
     return base / hashlib.sha1(str(source.parent.resolve()).encode()).hexdigest()[:16]
 
 
-def load(source: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(features memory-mapped read-only, labels) if a cache for this exact source file exists."""
-    folder = cache_dir(source)
+def entry(source: Path) -> Path:
+    return cache_dir(source) / source.name
+
+
+def lookup(source: Path) -> Path | None:
+    """The entry folder of this exact source file, if there is one."""
+    folder = entry(source)
     try:
-        if json.loads((folder / "key.json").read_text()) != _key(source):
-            return None
-        features = np.load(folder / "features.npy", mmap_mode="r")
-        labels = np.load(folder / "labels.npy")
-    except (OSError, ValueError):  # absent, unreadable or truncated: rebuild from the source
+        return folder if json.loads((folder / "key.json").read_text()) == _key(source) else None
+    except (OSError, ValueError):
         return None
-    if features.ndim != 2 or labels.shape != (features.shape[0],):
-        return None
-    return features, labels
 
 
-def store(source: Path, features: np.ndarray, labels: np.ndarray) -> bool:
-    """Write the cache for `source`; False (and no cache) where it cannot be written."""
-    folder = cache_dir(source)
+def build(source: Path, write: Callable[[Path], None]) -> Path | None:
+    """A fresh entry for `source`, its content written by `write(folder)`; None (and no entry)
+    where the cache cannot be written. Errors of `write` itself (bad data) propagate."""
+    folder = entry(source)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "key.json").unlink(missing_ok=True)  # invalid while the arrays are replaced
-        for name, array in (("features.npy", features), ("labels.npy", labels)):
-            with atomic_path(folder / name) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, array)
+        (folder / "key.json").unlink(missing_ok=True)  # invalid while the content is replaced
+    except OSError:  # a read-only or full disk: run without a cache rather than fail
+        return None
+    try:
+        write(folder)
         with atomic_path(folder / "key.json") as tmp:
             tmp.write_text(json.dumps(_key(source)))
-    except OSError:  # a read-only or full disk: run without a cache rather than fail
-        return False
-    return True
+    except OSError:
+        return None
+    return folder

@@ -8,12 +8,16 @@ DatasetError that names the file, the key, and what was expected.
 
 from __future__ import annotations
 
+import pickle
+import struct
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
-from izf.data import cache
+from izf.data import cache, isolated
 from izf.data.dataset import OPTIONAL_SPLITS, SPLITS, ZSLData
 from izf.errors import DatasetError
 from izf.io import atomic_path
@@ -28,13 +32,100 @@ HOW_TO_GET = (
 )
 
 
-def _read_mat(path: Path) -> dict:
+def _check_complete(path: Path) -> None:
+    """A MAT v5 file is a 128-byte header and a chain of (type, byte count, data) elements; the
+    chain must end exactly at the end of the file. Catches a truncated download, which scipy
+    does not notice when the missing tail holds a variable it was not asked to read."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return  # not MAT v5 at all: scipy names the problem
+        order = "<" if header[126:128] == b"IM" else ">"
+        position, count = 128, 0
+        while position < size:
+            handle.seek(position)
+            tag = handle.read(8)
+            if len(tag) < 8:
+                break
+            _, nbytes = struct.unpack(order + "II", tag)
+            position += 8 + nbytes
+            count += 1
+    if position != size:
+        raise DatasetError(f"{path}: truncated or damaged: its variable #{count} ends at byte {position}, "
+                           f"the file has {size} bytes (download or copy it again)")
+
+
+def _loadmat(path: Path, **options) -> dict:
+    """scipy.io.loadmat with its many failure types turned into one message. Runs in the child
+    process of `isolated.run` only: a corrupted file can crash the parser itself."""
+    _check_complete(path)
     try:
-        return scipy.io.loadmat(str(path))
+        return scipy.io.loadmat(str(path), **options)
     except NotImplementedError as err:  # MAT v7.3 is HDF5, which scipy does not read
         raise DatasetError(f"{path}: MAT v7.3 (HDF5) files are not supported; re-save as MAT v5 ({err})") from err
     except Exception as err:  # scipy raises many types for corrupt files; all mean the same to a user
         raise DatasetError(f"{path}: not a readable MAT v5 file ({type(err).__name__}: {err})") from err
+
+
+def _parse_mat(path: Path, out: Path) -> None:
+    """(child) The whole file, parsed, as a pickle in `out`."""
+    content = _loadmat(path)
+    with atomic_path(out / "content.pickle") as tmp, open(tmp, "wb") as handle:
+        pickle.dump(content, handle)
+
+
+def _convert_features(path: Path, out: Path) -> None:
+    """(child) res101.mat checked and stored as (N, D) float32 features and (N,) 1-based int64
+    labels in `out` (.npy); image_files is never parsed."""
+    mat = _loadmat(path, variable_names=["features", "labels"])
+    features, labels = _require(mat, "features", path), _require(mat, "labels", path)
+    if features.ndim != 2:
+        raise DatasetError(f"{path}: 'features' must be a 2-D (D × N) matrix, found shape {features.shape}")
+    if labels.size != features.shape[1]:
+        raise DatasetError(f"{path}: 'labels' has {labels.size} entries but 'features' has "
+                           f"{features.shape[1]} columns (images); expected one label per image")
+    if labels.size == 0 or not np.all(np.mod(labels, 1) == 0):
+        raise DatasetError(f"{path}: 'labels' must hold integer class indices, one per image, found "
+                           f"{labels.size} of dtype {labels.dtype}")
+    features = np.ascontiguousarray(features.T, dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise DatasetError(f"{path}: 'features' contains NaN or inf (or values beyond float32)")
+    for name, array in (("features.npy", features), ("labels.npy", labels.ravel().astype(np.int64))):
+        with atomic_path(out / name) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def _read_content(folder: Path, memory_map: bool):
+    if (folder / "content.pickle").is_file():
+        with open(folder / "content.pickle", "rb") as handle:
+            return pickle.load(handle)
+    features = np.load(folder / "features.npy", mmap_mode="r" if memory_map else None)
+    labels = np.load(folder / "labels.npy")
+    if features.ndim != 2 or labels.shape != (features.shape[0],):
+        raise ValueError("features and labels disagree")
+    return features, labels
+
+
+def _parsed(path: Path, convert: Callable[[Path, Path], None], use_cache: bool):
+    """What `convert` makes of `path` (run in a child process), from the cache when it is current.
+    A damaged cache entry is rebuilt; an unwritable cache is skipped."""
+    if use_cache:
+        for attempt in ("lookup", "build"):
+            folder = cache.lookup(path) if attempt == "lookup" else cache.build(
+                path, lambda out: isolated.run(convert, path, out))
+            if folder is not None:
+                try:
+                    return _read_content(folder, memory_map=True)
+                except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+                    continue  # damaged or half-written: build it again
+    with tempfile.TemporaryDirectory() as tmp:
+        isolated.run(convert, path, Path(tmp))
+        return _read_content(Path(tmp), memory_map=False)
+
+
+def _read_mat(path: Path, use_cache: bool = True) -> dict:
+    return _parsed(path, _parse_mat, use_cache)
 
 
 def _require(mat: dict, key: str, path: Path) -> np.ndarray:
@@ -42,8 +133,10 @@ def _require(mat: dict, key: str, path: Path) -> np.ndarray:
         found = sorted(k for k in mat if not k.startswith("__"))
         raise DatasetError(f"{path}: missing key '{key}' (found keys: {found})")
     value = mat[key]
-    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.number):
-        raise DatasetError(f"{path}: key '{key}' must be a numeric array, found {type(value).__name__}"
+    real = isinstance(value, np.ndarray) and (np.issubdtype(value.dtype, np.integer)
+                                               or np.issubdtype(value.dtype, np.floating))
+    if not real:
+        raise DatasetError(f"{path}: key '{key}' must be a real numeric array, found {type(value).__name__}"
                            f" of dtype {getattr(value, 'dtype', None)}")
     return value
 
@@ -70,29 +163,6 @@ def _class_names(mat: dict, n_classes: int) -> list[str]:
             for i, n in enumerate(names.ravel())]
 
 
-def _read_features(path: Path, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
-    """res101.mat as ((N, D) float32 features, (N,) 1-based int64 labels), from the cache when it
-    is current; a fresh read is checked for shape and NaN/inf, then cached."""
-    if use_cache and (cached := cache.load(path)) is not None:
-        return cached
-    mat = _read_mat(path)
-    features, labels = _require(mat, "features", path), _require(mat, "labels", path)
-    if features.ndim != 2:
-        raise DatasetError(f"{path}: 'features' must be a 2-D (D × N) matrix, found shape {features.shape}")
-    if labels.size != features.shape[1]:
-        raise DatasetError(f"{path}: 'labels' has {labels.size} entries but 'features' has "
-                           f"{features.shape[1]} columns (images); expected one label per image")
-    if not np.all(np.mod(labels, 1) == 0):
-        raise DatasetError(f"{path}: 'labels' must hold integer class indices, found dtype {labels.dtype}")
-    features = np.ascontiguousarray(features.T, dtype=np.float32)
-    if not np.isfinite(features).all():
-        raise DatasetError(f"{path}: 'features' contains NaN or inf")
-    labels = labels.ravel().astype(np.int64)
-    if use_cache:
-        cache.store(path, features, labels)
-    return features, labels
-
-
 def _as_class_rows(matrix: np.ndarray, path: Path, what: str, n_classes: int | None) -> np.ndarray:
     """A finite 2-D (C, d) float32 matrix, C = n_classes where that is known."""
     if matrix.ndim != 2 or (n_classes is not None and matrix.shape[0] != n_classes):
@@ -104,7 +174,7 @@ def _as_class_rows(matrix: np.ndarray, path: Path, what: str, n_classes: int | N
     return np.ascontiguousarray(matrix, dtype=np.float32)
 
 
-def read_semantics(root: Path, split_mat: dict, semantics: str = "att") -> np.ndarray:
+def read_semantics(root: Path, split_mat: dict, semantics: str = "att", use_cache: bool = True) -> np.ndarray:
     """The class semantics as (C, d_c) float32. `semantics` is a key of att_splits.mat ('att',
     'original_att'), 'sent' (CUB's sent_splits.mat, 1024-d sentence embeddings), or a file of
     class embeddings: .npy with one row per class, or .mat in att's d × C layout ('file.mat' with
@@ -129,7 +199,7 @@ def read_semantics(root: Path, split_mat: dict, semantics: str = "att") -> np.nd
         if not np.issubdtype(matrix.dtype, np.number):
             raise DatasetError(f"{path}: expected a numeric array, found dtype {matrix.dtype}")
         return _as_class_rows(matrix, path, "the class embedding", n_classes)
-    return _as_class_rows(_require(_read_mat(path), key, path).T, path,
+    return _as_class_rows(_require(_read_mat(path, use_cache), key, path).T, path,
                           f"'{key}' (transposed from d × C)", n_classes)
 
 
@@ -142,10 +212,10 @@ def load_xlsa17(root: str | Path, name: str | None = None, semantics: str = "att
     if missing:
         raise DatasetError(f"dataset '{name}': {root} is missing {' and '.join(missing)}. {HOW_TO_GET}")
 
-    split_mat = _read_mat(splits_path)
-    class_semantics = read_semantics(root, split_mat, semantics)
+    split_mat = _read_mat(splits_path, cache)
+    class_semantics = read_semantics(root, split_mat, semantics, cache)
     n_classes = len(class_semantics)
-    features, labels = _read_features(features_path, cache)
+    features, labels = _parsed(features_path, _convert_features, cache)
     if labels.min() < 1 or labels.max() > n_classes:
         raise DatasetError(f"{features_path}: 'labels' must lie in 1..{n_classes} (one per class of the "
                            f"semantics '{semantics}'), found {labels.min()}..{labels.max()}")
