@@ -4,6 +4,7 @@ class index sets."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as L
@@ -39,28 +40,51 @@ def scale(name: str, fit_on: np.ndarray, apply_to: np.ndarray) -> np.ndarray:
 
 class ShuffledBatches:
     """Training batches sliced from tensors that stay where they are (on the GPU when training
-    there): whole passes in a fresh random order, `num_batches` batches per epoch (training length
-    is set by max_steps). Indices are drawn on the tensors' device, so no per-batch collation,
-    host-to-device copy or synchronisation happens. Replaces a DataLoader, whose per-sample
-    collation and per-batch transfers would cost more than a small flow step."""
+    there): whole passes over the data in a fresh random order, `num_batches` batches per epoch
+    (training length is set by max_steps). Replaces a DataLoader, whose per-sample collation and
+    per-batch transfers would cost more than a small flow step.
 
-    def __init__(self, *tensors: Tensor, batch_size: int, num_batches: int):
+    Batch b of the whole run is a pure function of (seed, b): pass p = b // batches_per_pass is
+    ordered by a generator seeded with (seed, p). So a run resumed from a checkpoint, mid-epoch
+    included, sees exactly the batches an uninterrupted run would: the checkpoint stores the seed
+    and the next batch index (Lightning saves state_dict() of a loader that has one), and
+    `progress()` (batches the trainer has processed) gives the start of every later epoch.
+    """
+
+    def __init__(self, *tensors: Tensor, batch_size: int, num_batches: int, seed: int = 0,
+                 progress: Callable[[], int] = lambda: 0):
         self.tensors = tensors
         self.batch_size = min(batch_size, len(tensors[0]))
         self.num_batches = num_batches
+        self.seed = seed
+        self.progress = progress
+        self._resume_at: int | None = None
+        self._order: tuple[int, Tensor] | None = None  # (pass, its permutation)
 
     def __len__(self) -> int:
         return self.num_batches
 
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "next_batch": self.progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self._resume_at = state["seed"], state["next_batch"]
+
+    def rows(self, batch: int) -> Tensor:
+        n = len(self.tensors[0])
+        per_pass = n // self.batch_size
+        epoch_pass, index = divmod(batch, per_pass)
+        if self._order is None or self._order[0] != epoch_pass:
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch_pass) % 2**63)
+            self._order = (epoch_pass, torch.randperm(n, generator=generator).to(self.tensors[0].device))
+        return self._order[1][index * self.batch_size:(index + 1) * self.batch_size]
+
     def __iter__(self):
-        n, device = len(self.tensors[0]), self.tensors[0].device
-        produced = 0
-        while True:
-            for rows in torch.randperm(n, device=device)[: n - n % self.batch_size].split(self.batch_size):
-                if produced == self.num_batches:
-                    return
-                yield tuple(t[rows] for t in self.tensors)
-                produced += 1
+        start = self._resume_at if self._resume_at is not None else self.progress()
+        self._resume_at = None
+        for batch in range(start, (start // self.num_batches + 1) * self.num_batches):  # to the epoch's end
+            rows = self.rows(batch)
+            yield tuple(t[rows] for t in self.tensors)
 
 
 class ZSLDataModule(L.LightningDataModule):
@@ -127,9 +151,13 @@ class ZSLDataModule(L.LightningDataModule):
         return self.features[rows], self.labels[rows]
 
     def train_dataloader(self) -> "ShuffledBatches":
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        return ShuffledBatches(*(t.to(device) for t in self.split("trainval")),
-                               batch_size=self.hparams.batch_size, num_batches=self.hparams.batches_per_epoch)
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        progress = (lambda: trainer.fit_loop.epoch_loop.batch_progress.total.processed) if trainer else (lambda: 0)
+        # initial_seed(): the run's seed, read without drawing from (and so shifting) the random stream
+        return ShuffledBatches(*(t.to(device) for t in self.split("trainval")), batch_size=self.hparams.batch_size,
+                               num_batches=self.hparams.batches_per_epoch, seed=torch.initial_seed(),
+                               progress=progress)
 
     def test_dataloader(self) -> list[DataLoader]:
         return [DataLoader(TensorDataset(*self.split(name)), batch_size=self.hparams.eval_batch_size)

@@ -3,20 +3,82 @@ with both classifiers under the (G)ZSL protocol."""
 
 from __future__ import annotations
 
+import logging
+import math
+import random
 from typing import Any
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 from torch import Tensor
 
-from izf.errors import ConfigError
+from izf.errors import ConfigError, IZFError
 from izf.evaluation.metrics import gzsl_metrics, zsl_metrics
 from izf.model import losses
 from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
 from izf.model.flow import InvertibleFlow
+from izf.training.outputs import CLASSIFIERS
 
-CLASSIFIERS = ("nb", "softmax")
+log = logging.getLogger(__name__)
 TEST_SPLITS = ("test_seen", "test_unseen")
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _non_negative(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _count(low: int, high: float = math.inf):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+# model.<key>: (test, what is expected). Checked before any work, so a bad override is one line.
+HYPERPARAMETER_RULES = {
+    "flow.blocks": (_count(1, 64), "an integer in 1..64 (the paper uses 10; each block is two couplings)"),
+    "flow.hidden": (_count(1), "an integer ≥ 1"),
+    "flow.clamp": (_positive, "a number > 0"),
+    "flow.init_std": (_non_negative, "a number ≥ 0"),
+    "flow.mixing": (lambda v: v in ("permutation", "lu"), "permutation or lu"),
+    "loss.semantic": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
+    "loss.negative": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
+    "loss.centralising": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
+    "loss.mmd_scales": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(map(_positive, v)),
+                        "a non-empty list of kernel scales > 0"),
+    "loss.negative_margin": (lambda v: v is None or _positive(v), "null or a number > 0"),
+    "optimizer.lr": (_positive, "a learning rate > 0"),
+    "optimizer.weight_decay": (_non_negative, "a number ≥ 0"),
+    "jitter": (_non_negative, "a number ≥ 0"),
+    "calibration_gamma": (lambda v: isinstance(v, (int, float)) and math.isfinite(v), "a finite number"),
+    "softmax.n_gen": (_count(1), "an integer ≥ 1"),
+    "softmax.epochs": (_count(1), "an integer ≥ 1"),
+    "softmax.lr": (_positive, "a learning rate > 0"),
+    "softmax.batch_size": (_count(1), "an integer ≥ 1"),
+    "softmax.weight_decay": (_non_negative, "a number ≥ 0"),
+    "softmax.generation_batch": (_count(1), "an integer ≥ 1"),
+    "nonfinite.action": (lambda v: v in NONFINITE_ACTIONS, " or ".join(NONFINITE_ACTIONS)),
+    "nonfinite.lr_factor": (lambda v: _positive(v) and v < 1, "a factor in (0, 1)"),
+    "nonfinite.max_skips": (_count(0), "an integer ≥ 0"),
+}
+
+
+def check_hyperparameters(hparams: dict[str, Any]) -> None:
+    """Each rule whose key is given (absent keys take the code's defaults)."""
+    absent = object()
+    for key, (valid, expected) in HYPERPARAMETER_RULES.items():
+        value = hparams
+        for part in key.split("."):
+            value = value.get(part, absent) if isinstance(value, dict) else absent
+        if value is not absent and not valid(value):
+            raise ConfigError(f"model.{key}={value!r}: expected {expected}")
+
+
+class DivergenceError(IZFError):
+    """Training produced NaN/inf; the message names the step and the loss term."""
 
 
 class IZF(L.LightningModule):
@@ -26,15 +88,20 @@ class IZF(L.LightningModule):
     def __init__(self, num_classes: int, feature_dim: int, semantic_dim: int, flow: dict[str, Any],
                  loss: dict[str, Any], optimizer: dict[str, Any], softmax: dict[str, Any],
                  classifier: str = "softmax", calibration_gamma: float = 0.0, jitter: float = 0.008,
-                 compile: bool = False):
+                 compile: bool = False, nonfinite: dict[str, Any] | None = None):
         super().__init__()
+        nonfinite = {"action": "stop", "lr_factor": 0.5, "max_skips": 10, **(nonfinite or {})}
+        check_hyperparameters({"flow": flow, "loss": loss, "optimizer": optimizer, "softmax": softmax,
+                               "jitter": jitter, "calibration_gamma": calibration_gamma, "nonfinite": nonfinite})
         if classifier not in CLASSIFIERS:
             raise ConfigError(f"model.classifier must be one of {CLASSIFIERS}, got '{classifier}'")
         if not 0 < semantic_dim < feature_dim:
             raise ConfigError(f"the semantic dim ({semantic_dim}) must be smaller than the feature dim "
                               f"({feature_dim}): f(x) = [ĉ (d_c dims); ẑ (D − d_c dims)]")
         self.save_hyperparameters()
+        self.hparams.nonfinite = nonfinite
         self.flow = InvertibleFlow(feature_dim, **flow)
+        self.skipped_steps = 0
         # Class information travels with the checkpoint, so a reloaded model predicts on its own.
         self.register_buffer("class_semantics", torch.zeros(num_classes, semantic_dim))
         self.register_buffer("seen_mask", torch.zeros(num_classes, dtype=torch.bool))
@@ -130,7 +197,60 @@ class IZF(L.LightningModule):
         # never waits for the device (a prog_bar entry would read them every step).
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False)
         self.log("train/loss", total.detach(), on_step=True, on_epoch=False)
+        self._step_terms = terms
         return total
+
+    # ---- divergence: NaN/inf never reaches the weights ------------------------------------------
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After backward, before clipping and Adam: a non-finite loss term or gradient stops the
+        run (naming the step and the term) or, with nonfinite.action=skip, drops this update and
+        lowers the learning rate. One device sync per step, the price of catching it in the step."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        terms = self._step_terms
+        checks = torch.stack([*terms.values(), torch.nn.utils.get_total_norm(grads) if grads else terms["ml"]])
+        if torch.isfinite(checks).all():
+            return
+        bad_terms = {name: float(v) for name, v in terms.items() if not torch.isfinite(v)}
+        what = (", ".join(f"loss term '{name}' is {v}" for name, v in bad_terms.items()) if bad_terms
+                else "the gradients are non-finite while every loss term is finite")
+        cfg = self.hparams.nonfinite
+        if cfg["action"] == "skip" and self.skipped_steps < cfg["max_skips"]:
+            self.skipped_steps += 1
+            for p in self.parameters():
+                p.grad = None  # Adam leaves parameters without a gradient untouched
+            for group in optimizer.param_groups:
+                group["lr"] *= cfg["lr_factor"]
+            log.warning("step %d: %s; skipped the update, learning rate now %.3g (%d of at most %d skips)",
+                        self.global_step, what, optimizer.param_groups[0]["lr"], self.skipped_steps, cfg["max_skips"])
+            return
+        hint = ("" if cfg["action"] == "stop" else f" after {self.skipped_steps} skipped steps")
+        raise DivergenceError(f"training diverged at step {self.global_step}: {what}{hint}; the weights were not "
+                              "updated with it. Lower model.optimizer.lr, or set model.nonfinite.action=skip")
+
+    def check_finite_weights(self, purpose: str) -> None:
+        bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise DivergenceError(f"refusing to {purpose}: non-finite weights in {bad[:3]}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite_weights("write a checkpoint")
+        # Random streams, so a resumed run continues exactly where the checkpoint was taken.
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)  # weights_only-safe
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state,
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            kind, keys, position, has_gauss, gauss = states["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+            random.setstate(states["python"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.flow.parameters(), **self.hparams.optimizer)
@@ -162,6 +282,7 @@ class IZF(L.LightningModule):
         self._softmax = self.fit_softmax_classifiers(x_seen, y_seen)
 
     def on_test_epoch_start(self) -> None:
+        self.check_finite_weights("evaluate")
         self._fit_softmax_on_trainval(self.trainer.datamodule)
         self._outputs = {split: [] for split in TEST_SPLITS}
 
@@ -201,6 +322,7 @@ class IZF(L.LightningModule):
     def evaluate(self, datamodule) -> dict[str, float]:
         """The whole protocol outside a Lightning test loop (e.g. at milestones during training):
         fit the softmax classifiers, score both test splits in one pass each, compute the metrics."""
+        self.check_finite_weights("evaluate")
         was_training = self.training
         self.eval()
         self._fit_softmax_on_trainval(datamodule)

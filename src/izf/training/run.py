@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,19 +13,26 @@ from typing import Any
 import hydra
 import lightning.pytorch as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from rich.console import Console
 from rich.table import Table
 
 from izf.data import ZSLDataModule
+from izf.errors import ConfigError, IZFError
 from izf.io import atomic_path
-from izf.training.module import CLASSIFIERS, IZF
+from izf.training.checkpoints import SaveOnSigterm, check_checkpoint
+from izf.training.module import IZF
+from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
-METRIC_COLUMNS = ("zsl/T1", "gzsl/U", "gzsl/S", "gzsl/H")
 
 
 def write_json_atomic(path: Path, content: Any) -> None:
@@ -43,7 +52,7 @@ def results_table(metrics: dict[str, float], title: str, chosen: str) -> Table:
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
-    return [hydra.utils.instantiate(node) for node in (group or {}).values() if "_target_" in node]
+    return [hydra.utils.instantiate(node) for node in (group or {}).values() if node and "_target_" in node]
 
 
 def build(cfg: DictConfig) -> tuple[ZSLDataModule, IZF]:
@@ -56,12 +65,37 @@ def build(cfg: DictConfig) -> tuple[ZSLDataModule, IZF]:
     return datamodule, model
 
 
+class Interrupted(Exception):
+    """SIGTERM arrived: last.ckpt is written and the run can be resumed."""
+
+
+def _resume_from(cfg: DictConfig, model: IZF, output_dir: Path) -> str | None:
+    """The checkpoint to resume from, checked before any work; None to start afresh."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            log.info("ckpt_path=last: no %s yet, starting from the beginning", last)
+            return None
+        ckpt_path = str(last)
+    if ckpt_path is not None:
+        check_checkpoint(ckpt_path, model)
+        log.info("resuming from %s", ckpt_path)
+        for leftover in (output_dir / "checkpoints").glob(".*.ckpt.*.tmp"):  # a killed run's unfinished write
+            leftover.unlink()
+    return ckpt_path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     log.info("run directory: %s", output_dir)
+    if not (isinstance(cfg.trainer.max_steps, int) and cfg.trainer.max_steps >= 1):
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: expected an integer ≥ 1 (the flow's training "
+                          "length; the paper's is 11000)")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     datamodule, model = build(cfg)
+    ckpt_path = _resume_from(cfg, model, output_dir)
     log.info("data %s: %s", datamodule.data.name, datamodule.data.summary())
     with atomic_path(output_dir / "config.yaml") as tmp:
         OmegaConf.save(cfg, tmp, resolve=True)
@@ -69,9 +103,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = _instantiate_all(cfg.get("logger"))
     for logger in loggers:  # the whole experiment, not only the model's hyperparameters
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False,
-                                                 callbacks=_instantiate_all(cfg.get("callbacks")))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    checkpoint_dir = next((c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint)), output_dir / "checkpoints")
+    sigterm = SaveOnSigterm(checkpoint_dir)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, sigterm])
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise Interrupted(f"interrupted by SIGTERM at step {trainer.global_step}; "
+                          + (f"saved {sigterm.saved_to}; " if sigterm.saved_to else "")
+                          + f"resume with: python train.py <same overrides> hydra.run.dir={output_dir} "
+                            "ckpt_path=last") from None
     # Evaluation uses the final weights of the fixed schedule (no selection on test data).
     L.seed_everything(cfg.seed, workers=True)
     trainer.test(model, datamodule=datamodule, verbose=False)
@@ -81,9 +123,43 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, WandbLogger):  # one W&B run per job, also within a multirun
             logger.experiment.finish()
 
-    write_json_atomic(output_dir / "metrics.json", metrics)
+    write_json_atomic(output_dir / METRICS_FILE, metrics)
     task = ("validation task: seen classes only, no test data" if datamodule.hparams.split == "validation"
             else "test splits")
     Console().print(results_table(metrics, f"IZF on {datamodule.data.name}, {task} (%)", cfg.model.classifier))
-    log.info("metrics written to %s", output_dir / "metrics.json")
+    log.info("metrics written to %s", output_dir / METRICS_FILE)
     return metrics
+
+
+def run_job(cfg: DictConfig) -> float:
+    """train() as one job of train.py, returning GZSL H for sweepers. In a single run, bad input
+    ends it with one `error:` line (status 2) and SIGTERM with status 3. In a multirun a failed job
+    must not take the others down: its reason goes to error.txt in its directory (where
+    `python -m izf.report` finds it) and it returns NaN, which sweepers such as Optuna count as a
+    failed trial. SIGTERM stops a multirun too: the whole sweep is being preempted."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return train(cfg)["gzsl/H"]
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(3)
+    except MissingMandatoryValue as err:  # a `???` key left unset, e.g. dataset=custom without a root
+        message = f"set {err.full_key}=... on the command line (it has no default)"
+        if not multirun:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+    except IZFError as err:  # bad data or config: one clear line, no traceback
+        message = str(err)
+        if not multirun:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+    except Exception as err:
+        if not multirun:
+            raise
+        message = f"{type(err).__name__}: {err}"
+    error_file = Path(cfg.paths.output_dir) / FAILURE_FILE
+    error_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(error_file) as tmp:
+        tmp.write_text(f"{message}\n\n{traceback.format_exc()}")
+    log.error("job failed: %s (%s)", message, error_file)
+    return float("nan")

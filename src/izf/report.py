@@ -1,0 +1,145 @@
+"""Results tables from a multirun: python -m izf.report logs/multiruns/<date_time> [more dirs]
+
+Collects every job's metrics.json and its overrides, groups the jobs by dataset, evaluation task and
+every swept key except the seed, and gives per classifier ZSL T1 and GZSL U/S/H as mean ± sample
+std over the seeds, with the number of runs. Jobs that failed (error.txt) or never finished are
+listed with their reason. Prints the table and writes report.md and report.csv beside the jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from izf.io import atomic_path
+from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE
+
+SEED_KEYS = ("seed",)
+
+
+@dataclass
+class Job:
+    folder: Path
+    overrides: dict[str, str]
+    dataset: str
+    task: str
+    metrics: dict[str, float] | None = None
+    failure: str | None = None
+
+
+@dataclass
+class Group:
+    key: tuple[tuple[str, str], ...]
+    jobs: list[Job] = field(default_factory=list)
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.key) or "(all)"
+
+
+def find_jobs(roots: list[Path]) -> list[Job]:
+    """Every job folder (holding .hydra/overrides.yaml) under the given sweep folders."""
+    jobs = []
+    for root in roots:
+        for overrides_file in sorted(root.rglob(".hydra/overrides.yaml")):
+            folder = overrides_file.parent.parent
+            overrides = dict(o.lstrip("+~").split("=", 1) for o in OmegaConf.load(overrides_file) if "=" in o)
+            config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+            job = Job(folder, overrides, dataset=str(OmegaConf.select(config, "dataset.name", default="?")),
+                      task=str(OmegaConf.select(config, "dataset.split", default="test")))
+            if (folder / METRICS_FILE).is_file():
+                job.metrics = json.loads((folder / METRICS_FILE).read_text())
+            elif (folder / FAILURE_FILE).is_file():
+                job.failure = (folder / FAILURE_FILE).read_text().splitlines()[0]
+            else:
+                job.failure = "no metrics.json: still running, killed, or interrupted"
+            jobs.append(job)
+    return jobs
+
+
+def group_jobs(jobs: list[Job]) -> list[Group]:
+    """Groups by dataset, task and every override that differs between jobs, seeds excepted."""
+    keys = sorted({k for job in jobs for k in job.overrides})
+    swept = [k for k in keys if k not in SEED_KEYS and len({job.overrides.get(k) for job in jobs}) > 1]
+    groups: dict[tuple, Group] = {}
+    for job in jobs:
+        key = (("dataset", job.dataset), ("task", job.task), *((k, job.overrides.get(k, "-")) for k in swept))
+        groups.setdefault(key, Group(key)).jobs.append(job)
+    return list(groups.values())
+
+
+def summarise(group: Group, classifier: str) -> dict[str, str | int]:
+    done = [job.metrics for job in group.jobs if job.metrics is not None]
+    row: dict[str, str | int] = {"group": group.label(), "classifier": classifier, "runs": len(done),
+                                 "failed": len(group.jobs) - len(done)}
+    for column in METRIC_COLUMNS:
+        values = [100 * m[f"{classifier}/{column}"] for m in done if f"{classifier}/{column}" in m]
+        if not values:
+            row[column] = "—"
+        elif len(values) == 1:
+            row[column] = f"{values[0]:.2f}"
+        else:
+            row[column] = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return row
+
+
+def report(roots: list[Path]) -> tuple[list[dict], list[Job]]:
+    jobs = find_jobs(roots)
+    if not jobs:
+        raise SystemExit(f"error: no job folders (with .hydra/overrides.yaml) under {', '.join(map(str, roots))}")
+    rows = [summarise(group, classifier) for group in group_jobs(jobs) for classifier in CLASSIFIERS]
+    return rows, [job for job in jobs if job.metrics is None]
+
+
+def _markdown(rows: list[dict], failed: list[Job]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    lines.append("\nMetrics in %, mean ± sample std over seeds.")
+    if failed:
+        lines += ["\n## Failed or unfinished runs\n"] + [f"- `{job.folder}`: {job.failure}" for job in failed]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m izf.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="+", type=Path, help="multirun folders (logs/multiruns/<date_time>)")
+    parser.add_argument("--out", type=Path, help="where report.md/report.csv go (default: the first sweep folder)")
+    args = parser.parse_args(argv)
+    rows, failed = report(args.sweeps)
+
+    table = Table(title="IZF results (%, mean ± std over seeds)")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column in ("group", "classifier") else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console = Console()
+    console.print(table)
+    for job in failed:
+        console.print(f"[red]failed[/red] {job.folder}: {job.failure}")
+
+    out = args.out or args.sweeps[0]
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(_markdown(rows, failed))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(out / "report.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    print(f"wrote {out / 'report.md'} and {out / 'report.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Checkpoints that survive being killed, are refused when they do not fit, and a clean stop on
+SIGTERM (what SLURM sends before preempting a job)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from izf.errors import ConfigError
+from izf.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write beside the target, flush to disk, rename. Hand-written because Lightning's local save
+    goes through an fsspec transaction that writes to the system temp folder and then moves the
+    file: across filesystems that move is a copy, so a kill during it leaves a truncated
+    checkpoint under the final name (readable as 'last.ckpt' by the next resume)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+def check_checkpoint(path: str | Path, model: L.LightningModule) -> None:
+    """Refuse, before any work, a checkpoint that is missing, unreadable, or of another model."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # never runs a foreign pickle
+    except Exception as err:  # torch/pickle raise many types for a damaged or foreign file
+        raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"ckpt_path={path}: not a Lightning checkpoint (no 'state_dict')")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(f"ckpt_path={path}: a checkpoint of another model: missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]} (compare its config's model.flow with this run's)")
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise ConfigError(f"ckpt_path={path}: '{name}' has shape {tuple(state[name].shape)} there and "
+                              f"{tuple(tensor.shape)} here: another dataset or model.flow size")
+
+
+class SaveOnSigterm(L.Callback):
+    """On SIGTERM, finish the current step, write last.ckpt and stop: Lightning then ends fit with
+    its SIGTERMException, which the run reports as 'interrupted, resumable' (run.py)."""
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+        self.saved_to: Path | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.received_sigterm and self.saved_to is None:
+            self.saved_to = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(self.saved_to)
+            log.warning("SIGTERM: saved %s at step %d; resume with ckpt_path=last and the same hydra.run.dir",
+                        self.saved_to, trainer.global_step)

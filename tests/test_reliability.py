@@ -1,0 +1,235 @@
+"""Faults injected on purpose: bad overrides and checkpoints, NaN in the loss or the gradients,
+SIGKILL and SIGTERM of real training processes, failing sweep jobs. Nothing may be lost and every
+failure must say what happened in one line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning.pytorch as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+
+from izf.errors import ConfigError
+from izf.model import losses
+from izf.training.checkpoints import AtomicCheckpointIO, check_checkpoint
+from izf.training.module import DivergenceError
+from izf.training.run import build
+from tests.conftest import REPO
+from tests.test_train_cli import SMALL, run_train
+
+TINY = [*SMALL, "model.flow.blocks=2", "model.flow.hidden=32", "model.softmax.n_gen=50", "model.softmax.epochs=2",
+        "logger=none", "callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
+
+
+def composed(*overrides, run_dir=None):
+    """The training config as train.py would see it, without a subprocess."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"paths.output_dir={run_dir or '/tmp/izf-unused'}"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the paths
+    return cfg
+
+
+# ---- bad overrides: one line naming the key, before any work ---------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("model.loss.negative=-1", r"model.loss.negative=-1: expected a weight ≥ 0"),
+    ("model.loss.semantic=nan", r"model.loss.semantic=nan: expected a weight ≥ 0"),
+    ("model.flow.blocks=500", r"model.flow.blocks=500: expected an integer in 1..64"),
+    ("model.flow.hidden=0", r"model.flow.hidden=0: expected an integer ≥ 1"),
+    ("model.flow.mixing=householder", r"model.flow.mixing='householder': expected permutation or lu"),
+    ("model.optimizer.lr=0", r"model.optimizer.lr=0: expected a learning rate > 0"),
+    ("model.loss.mmd_scales=[]", r"model.loss.mmd_scales=\[\]: expected a non-empty list"),
+    ("model.loss.negative_margin=-0.3", r"model.loss.negative_margin=-0.3: expected null or a number > 0"),
+    ("model.softmax.epochs=0", r"model.softmax.epochs=0: expected an integer ≥ 1"),
+    ("model.nonfinite.action=ignore", r"model.nonfinite.action='ignore': expected stop or skip"),
+    ("dataset.batch_size=0", r"dataset.batch_size, eval_batch_size and batches_per_epoch must be ≥ 1"),
+    ("dataset.split=train", r"dataset.split must be one of \('test', 'validation'\), got 'train'"),
+    ("dataset.feature_scaling=zscore", r"dataset.feature_scaling must be one of"),
+    ("+dataset.expect.semantic_dim=99", r"semantic_dim expected 99, found 16"),
+    ("model.classifier=knn", r"model.classifier must be one of"),
+])
+def test_bad_override_is_refused_before_training(override, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        build(composed(override))
+
+
+def test_bad_override_from_the_command_line(tmp_path):
+    proc = run_train(*TINY, "trainer.max_steps=0", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("error: trainer.max_steps=0: expected an integer ≥ 1 "
+                                                    "(the flow's training length; the paper's is 11000)")
+    unknown = run_train("dataset=awa3", f"hydra.run.dir={tmp_path}", check=False)
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+    assert "Could not find 'dataset/awa3'" in unknown.stderr and "awa2" in unknown.stderr  # lists the options
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+def test_unreadable_or_foreign_checkpoints_are_refused(tmp_path):
+    _, model = build(composed(*TINY))
+    with pytest.raises(ConfigError, match="no such file"):
+        check_checkpoint(tmp_path / "nowhere.ckpt", model)
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ConfigError, match="garbage.ckpt: not a readable checkpoint"):
+        check_checkpoint(tmp_path / "garbage.ckpt", model)
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(3)}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(ConfigError, match=r"foreign.ckpt: a checkpoint of another model: missing \['class_semantics'"):
+        check_checkpoint(tmp_path / "foreign.ckpt", model)
+    _, wider = build(composed(*TINY, "model.flow.hidden=48"))
+    torch.save({"state_dict": wider.state_dict()}, tmp_path / "wider.ckpt")
+    with pytest.raises(ConfigError, match=r"has shape \(.*48.*\) there and \(.*32.*\) here"):
+        check_checkpoint(tmp_path / "wider.ckpt", model)
+    check_checkpoint(_saved(model, tmp_path / "own.ckpt"), model)  # its own kind passes
+
+
+def _saved(model, path):
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, target)
+
+    def dies_halfway(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is stopped in the middle of writing
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+# ---- divergence -----------------------------------------------------------------------------
+def _fit_with_nan(tmp_path, nan_steps, *overrides, where="loss"):
+    """Train the tiny model in-process with NaN injected at the given steps (loss term or gradient)."""
+    cfg = composed(*TINY, "trainer.max_steps=12", "callbacks.model_checkpoint.every_n_train_steps=2", *overrides,
+                   run_dir=tmp_path)
+    datamodule, model = build(cfg)
+    trainer = L.Trainer(max_steps=12, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[L.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2,
+                                                                       save_top_k=-1, filename="{step}")])
+    original = losses.negative_sample_loss
+
+    def negative(*args, **kwargs):
+        value = original(*args, **kwargs)
+        return value * float("nan") if where == "loss" and trainer.global_step in nan_steps else value
+    if where == "gradient":  # one weight's gradient becomes inf; the loss stays finite
+        next(model.flow.parameters()).register_hook(
+            lambda grad: grad * float("inf") if trainer.global_step in nan_steps else grad)
+    losses.negative_sample_loss = negative
+    try:
+        trainer.fit(model, datamodule=datamodule)
+    finally:
+        losses.negative_sample_loss = original
+    return trainer, model
+
+
+def test_nan_loss_stops_the_run_naming_step_and_term(tmp_path):
+    with pytest.raises(DivergenceError, match=r"training diverged at step 5: loss term 'negative' is nan"):
+        _fit_with_nan(tmp_path, {5})
+    checkpoints = sorted(tmp_path.glob("step=*.ckpt"))
+    assert [p.name for p in checkpoints] == ["step=2.ckpt", "step=4.ckpt"]  # nothing after the NaN
+    for path in checkpoints:
+        assert all(torch.isfinite(v).all() for v in torch.load(path, weights_only=False)["state_dict"].values())
+
+
+def test_non_finite_gradient_with_finite_loss_is_caught(tmp_path):
+    with pytest.raises(DivergenceError, match=r"at step 3: the gradients are non-finite while every loss term"):
+        _fit_with_nan(tmp_path, {3}, where="gradient")
+
+
+def test_skip_mode_drops_the_update_and_lowers_the_learning_rate(tmp_path):
+    trainer, model = _fit_with_nan(tmp_path, {5, 6}, "model.nonfinite.action=skip")
+    assert trainer.global_step == 12 and model.skipped_steps == 2
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4 * 0.25)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(DivergenceError, match=r"after 1 skipped steps"):
+        _fit_with_nan(tmp_path / "again", {3, 4}, "model.nonfinite.action=skip", "model.nonfinite.max_skips=1")
+
+
+# ---- interruption, resume, determinism (real processes) --------------------------------------
+RESUMABLE = [*TINY, "trainer.max_steps=300", "callbacks.model_checkpoint.every_n_train_steps=50",
+             "dataset.batches_per_epoch=70", "trainer.deterministic=true"]  # checkpoints fall mid-epoch
+
+
+def _start(run_dir, *overrides):
+    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+    return subprocess.Popen([sys.executable, "train.py", *RESUMABLE, *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    run_train(*RESUMABLE, f"hydra.run.dir={tmp_path / 'straight'}")
+    run_train(*RESUMABLE, f"hydra.run.dir={tmp_path / 'again'}")
+    assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "again")  # same seed, same numbers
+    run_train(*RESUMABLE, "seed=1", f"hydra.run.dir={tmp_path / 'seed1'}")
+    assert _metrics(tmp_path / "seed1") != _metrics(tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    process = _start(killed)
+    _wait_for(killed / "checkpoints" / "step_100.ckpt", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists()
+    for path in (killed / "checkpoints").glob("*.ckpt"):  # killed mid-write or not: every final name is whole
+        torch.load(path, weights_only=False)
+    run_train(*RESUMABLE, "ckpt_path=last", f"hydra.run.dir={killed}")
+    assert not list((killed / "checkpoints").glob(".*.tmp"))  # a kill's half-written leftovers are cleared
+    assert _metrics(killed) == _metrics(tmp_path / "straight")
+    assert _final_weights(killed).keys() == _final_weights(tmp_path / "straight").keys()
+    for name, tensor in _final_weights(killed).items():  # bit for bit, not only the same accuracies
+        assert torch.equal(tensor, _final_weights(tmp_path / "straight")[name]), name
+
+
+def _final_weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+    run_dir = tmp_path / "preempted"
+    process = _start(run_dir, "trainer.max_steps=100000")
+    _wait_for(run_dir / "checkpoints" / "step_50.ckpt", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3 and "Traceback" not in stderr, stderr
+    assert "interrupted by SIGTERM at step" in stderr and "ckpt_path=last" in stderr
+    step = int(stderr.split("interrupted by SIGTERM at step ")[1].split(";")[0])
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == step >= 50
+    run_train(*RESUMABLE, f"trainer.max_steps={step + 5}", "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    assert (run_dir / "metrics.json").is_file()
+
+
+# ---- sweeps ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path):
+    proc = run_train("-m", *TINY, "debug=fast", "model.loss.negative=-1,0", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "0" / "error.txt").read_text().startswith("model.loss.negative=-1: expected a weight ≥ 0")
+    assert (tmp_path / "1" / "metrics.json").is_file()
+    report = subprocess.run([sys.executable, "-m", "izf.report", str(tmp_path)], capture_output=True, text=True,
+                            check=True)
+    assert "failed" in report.stdout and "expected a weight ≥ 0" in report.stdout
+    markdown = (tmp_path / "report.md").read_text()
+    assert "model.loss.negative=0" in markdown and "## Failed or unfinished runs" in markdown
