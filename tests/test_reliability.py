@@ -12,11 +12,13 @@ import time
 import lightning.pytorch as L
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from izf.errors import ConfigError
 from izf.model import losses
+from izf.report import report, retrain_command
 from izf.training.checkpoints import AtomicCheckpointIO, check_checkpoint
 from izf.training.module import DivergenceError
 from izf.training.run import build
@@ -228,8 +230,40 @@ def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "0" / "error.txt").read_text().startswith("model.loss.negative=-1: expected a weight ≥ 0")
     assert (tmp_path / "1" / "metrics.json").is_file()
-    report = subprocess.run([sys.executable, "-m", "izf.report", str(tmp_path)], capture_output=True, text=True,
-                            check=True)
-    assert "failed" in report.stdout and "expected a weight ≥ 0" in report.stdout
+    printed = subprocess.run([sys.executable, "-m", "izf.report", str(tmp_path)], capture_output=True, text=True,
+                             check=True)
+    assert "failed" in printed.stdout and "expected a weight ≥ 0" in printed.stdout
     markdown = (tmp_path / "report.md").read_text()
     assert "model.loss.negative=0" in markdown and "## Failed or unfinished runs" in markdown
+
+
+@pytest.mark.slow
+def test_optuna_search_on_the_validation_task_survives_failing_trials(tmp_path):
+    search = tmp_path / "conf" / "hparams_search"
+    search.mkdir(parents=True)
+    (search / "tiny.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - izf_optuna\n"  # the shipped search, narrowed: 3 trials, one weight that can fail
+        "hydra:\n  sweeper:\n    n_trials: 3\n    params:\n      model.loss.negative: choice(-1, 0.3)\n")
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", *TINY, "debug=fast", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                     "hparams_search=tiny", "hydra.sweeper.sampler.seed=2", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_params"]["model.loss.negative"] == 0.3 and 0 <= results["best_value"] <= 1
+    configs = [yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) for job in sweep.glob("[0-9]*")]
+    assert configs and all(c["dataset"]["split"] == "validation" for c in configs)  # never the test splits
+    failed = [job for job in sweep.glob("[0-9]*") if (job / "error.txt").exists()]
+    assert failed and all("model.loss.negative=-1" in (job / "error.txt").read_text() for job in failed)
+    assert "python train.py" in retrain_command(sweep) and "dataset.split=test" in retrain_command(sweep)
+    assert "model.loss.negative=0.3" in retrain_command(sweep) and "hparams_search" not in retrain_command(sweep)
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
+    proc = run_train("-m", *TINY, "debug=fast", "launcher=local", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert "Submitit 'local' sweep" in proc.stdout + proc.stderr
+    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["0", "1"]
+    assert list(tmp_path.glob(".submitit/*/*_result.pkl"))  # submitit's own bookkeeping, one per job
+    rows, failed = report([tmp_path])
+    assert not failed and rows[0]["runs"] == 2

@@ -100,6 +100,18 @@ def report(roots: list[Path]) -> tuple[list[dict], list[Job]]:
     return rows, [job for job in jobs if job.metrics is None]
 
 
+def retrain_command(sweep: Path) -> str | None:
+    """For an Optuna search (optimization_results.yaml): the command that trains its best
+    parameters on the real splits (the search itself only ever saw the validation task)."""
+    results, jobs = sweep / "optimization_results.yaml", sorted(sweep.glob("*/.hydra/overrides.yaml"))
+    if not (results.is_file() and jobs):
+        return None
+    best = OmegaConf.load(results).best_params
+    kept = [o for o in OmegaConf.load(jobs[0])  # a trial's overrides: the search's own, then the sampled ones
+            if not o.startswith(("hparams_search=", "hydra.", "dataset.split=")) and o.split("=")[0] not in best]
+    return " ".join(["python train.py", *kept, *(f"{k}={v}" for k, v in best.items()), "dataset.split=test"])
+
+
 def _markdown(rows: list[dict], failed: list[Job]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -126,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     for job in failed:
         console.print(f"[red]failed[/red] {job.folder}: {job.failure}")
+
+    for sweep in args.sweeps:
+        if (command := retrain_command(sweep)) is not None:
+            print(f"best of the search in {sweep}; its test numbers come from:\n  {command}")  # unwrapped
 
     out = args.out or args.sweeps[0]
     out.mkdir(parents=True, exist_ok=True)

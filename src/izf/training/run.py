@@ -131,12 +131,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def run_job(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig) -> float | None:
     """train() as one job of train.py, returning GZSL H for sweepers. In a single run, bad input
     ends it with one `error:` line (status 2) and SIGTERM with status 3. In a multirun a failed job
     must not take the others down: its reason goes to error.txt in its directory (where
-    `python -m izf.report` finds it) and it returns NaN, which sweepers such as Optuna count as a
-    failed trial. SIGTERM stops a multirun too: the whole sweep is being preempted."""
+    `python -m izf.report` finds it) and it returns None, which the Optuna sweeper records as a
+    failed trial (a NaN would crash optuna 2.10's sweeper) and the basic sweeper ignores. SIGTERM
+    stops a multirun too: the whole sweep is being preempted."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return train(cfg)["gzsl/H"]
@@ -162,4 +163,4 @@ def run_job(cfg: DictConfig) -> float:
     with atomic_path(error_file) as tmp:
         tmp.write_text(f"{message}\n\n{traceback.format_exc()}")
     log.error("job failed: %s (%s)", message, error_file)
-    return float("nan")
+    return None
