@@ -228,7 +228,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
 def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path):
     proc = run_train("-m", *TINY, "debug=fast", "model.loss.negative=-1,0", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "0" / "error.txt").read_text().startswith("model.loss.negative=-1: expected a weight ≥ 0")
+    failure = (tmp_path / "0" / "error.txt").read_text()
+    assert failure.startswith("model.loss.negative=-1: expected a weight ≥ 0") and "ConfigError" in failure
     assert (tmp_path / "1" / "metrics.json").is_file()
     printed = subprocess.run([sys.executable, "-m", "izf.report", str(tmp_path)], capture_output=True, text=True,
                              check=True)

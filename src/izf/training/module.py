@@ -60,6 +60,7 @@ HYPERPARAMETER_RULES = {
     "softmax.batch_size": (_count(1), "an integer ≥ 1"),
     "softmax.weight_decay": (_non_negative, "a number ≥ 0"),
     "softmax.generation_batch": (_count(1), "an integer ≥ 1"),
+    "softmax.seed": (_count(0), "an integer ≥ 0"),
     "nonfinite.action": (lambda v: v in NONFINITE_ACTIONS, " or ".join(NONFINITE_ACTIONS)),
     "nonfinite.lr_factor": (lambda v: _positive(v) and v < 1, "a factor in (0, 1)"),
     "nonfinite.max_skips": (_count(0), "an integer ≥ 0"),
@@ -278,8 +279,13 @@ class IZF(L.LightningModule):
             }
 
     def _fit_softmax_on_trainval(self, datamodule) -> None:
+        """With its own seeded random stream: the classifiers, and so the reported numbers, are a
+        function of the weights, the data and softmax.seed alone, the same in the training run's
+        test loop, in evaluate() and in eval.py (whatever drew random numbers before)."""
         x_seen, y_seen = (t.to(self.device) for t in datamodule.split("trainval"))
-        self._softmax = self.fit_softmax_classifiers(x_seen, y_seen)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.hparams.softmax.get("seed", 0))
+            self._softmax = self.fit_softmax_classifiers(x_seen, y_seen)
 
     def on_test_epoch_start(self) -> None:
         self.check_finite_weights("evaluate")
@@ -319,9 +325,9 @@ class IZF(L.LightningModule):
         return metrics | {k[len(chosen) + 1:]: v for k, v in metrics.items() if k.startswith(chosen + "/")}
 
     @torch.no_grad()
-    def evaluate(self, datamodule) -> dict[str, float]:
-        """The whole protocol outside a Lightning test loop (e.g. at milestones during training):
-        fit the softmax classifiers, score both test splits in one pass each, compute the metrics."""
+    def test_scores(self, datamodule) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor]:
+        """Outside a Lightning test loop: fit the softmax classifiers, score both test splits in
+        one pass each. Returns (scores, labels) of test_seen, then of test_unseen."""
         self.check_finite_weights("evaluate")
         was_training = self.training
         self.eval()
@@ -332,4 +338,8 @@ class IZF(L.LightningModule):
             scored += [self.scores(x), y]
         del self._softmax
         self.train(was_training)
-        return self.protocol_metrics(*scored)
+        return tuple(scored)
+
+    def evaluate(self, datamodule) -> dict[str, float]:
+        """The whole protocol outside a Lightning test loop (e.g. at milestones during training)."""
+        return self.protocol_metrics(*self.test_scores(datamodule))

@@ -131,6 +131,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def user_error(err: BaseException) -> str | None:
+    """The one-line message for an error caused by what the user gave; None for a bug."""
+    if isinstance(err, MissingMandatoryValue):  # a `???` key left unset, e.g. dataset=custom without a root
+        return f"set {err.full_key}=... on the command line (it has no default)"
+    return str(err) if isinstance(err, IZFError) else None
+
+
+def exit_with_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """train() as one job of train.py, returning GZSL H for sweepers. In a single run, bad input
     ends it with one `error:` line (status 2) and SIGTERM with status 3. In a multirun a failed job
@@ -144,23 +156,16 @@ def run_job(cfg: DictConfig) -> float | None:
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(3)
-    except MissingMandatoryValue as err:  # a `???` key left unset, e.g. dataset=custom without a root
-        message = f"set {err.full_key}=... on the command line (it has no default)"
-        if not multirun:
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
-    except IZFError as err:  # bad data or config: one clear line, no traceback
-        message = str(err)
-        if not multirun:
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
     except Exception as err:
+        message = user_error(err)
         if not multirun:
-            raise
-        message = f"{type(err).__name__}: {err}"
+            if message is None:
+                raise
+            exit_with_error(message)
+        message, details = message or f"{type(err).__name__}: {err}", traceback.format_exc()
     error_file = Path(cfg.paths.output_dir) / FAILURE_FILE
     error_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(error_file) as tmp:
-        tmp.write_text(f"{message}\n\n{traceback.format_exc()}")
+        tmp.write_text(f"{message}\n\n{details}")
     log.error("job failed: %s (%s)", message, error_file)
     return None

@@ -1,0 +1,122 @@
+"""Evaluating a saved checkpoint (eval.py): both classifiers under the protocol, and calibrated
+stacking swept over γ with the resulting seen/unseen trade-off (table, CSV, plot)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import lightning.pytorch as L
+import matplotlib
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from izf.data import ZSLDataModule
+from izf.errors import ConfigError
+from izf.evaluation.calibration import stacking_curve
+from izf.io import atomic_path
+from izf.training.checkpoints import check_checkpoint
+from izf.training.module import IZF
+from izf.training.outputs import CLASSIFIERS, METRICS_FILE
+from izf.training.run import results_table, write_json_atomic
+
+matplotlib.use("Agg")  # files only, never a window
+log = logging.getLogger(__name__)
+
+
+def load_model(ckpt_path: str | Path) -> IZF:
+    path = Path(ckpt_path)
+    try:
+        model = IZF.load_from_checkpoint(path, map_location="cpu")
+    except FileNotFoundError:
+        raise ConfigError(f"ckpt_path={path}: no such file") from None
+    except Exception as err:  # not a checkpoint, or not one of IZF
+        raise ConfigError(f"ckpt_path={path}: not a readable IZF checkpoint ({type(err).__name__}: {err})") from None
+    check_checkpoint(path, model)
+    return model
+
+
+def dataset_config(cfg: DictConfig, ckpt_path: Path) -> dict:
+    """dataset=... if given, else the dataset of the run the checkpoint comes from."""
+    if cfg.get("dataset") is not None:
+        return OmegaConf.to_container(cfg.dataset, resolve=True, throw_on_missing=True)
+    run_config = ckpt_path.parent.parent / "config.yaml"  # <run>/checkpoints/<name>.ckpt
+    if not run_config.is_file():
+        raise ConfigError(f"no {run_config} beside the checkpoint to take the dataset from; set dataset=...")
+    return OmegaConf.to_container(OmegaConf.load(run_config).dataset, resolve=True)
+
+
+def _check_fit(model: IZF, datamodule: ZSLDataModule) -> None:
+    hp = model.hparams
+    found = (len(datamodule.semantics), datamodule.features.shape[1], datamodule.semantics.shape[1])
+    if found != (hp.num_classes, hp.feature_dim, hp.semantic_dim):
+        raise ConfigError(f"the checkpoint was trained for {hp.num_classes} classes, {hp.feature_dim}-d features and "
+                          f"{hp.semantic_dim}-d semantics; dataset '{datamodule.data.name}' has {found[0]}, "
+                          f"{found[1]} and {found[2]}")
+
+
+def _save_curve_plot(curves: dict[str, list[dict]], chosen_gamma: float, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    for name, curve in curves.items():
+        axes.plot([100 * p["gzsl/U"] for p in curve], [100 * p["gzsl/S"] for p in curve], marker=".", label=name)
+        at = min(curve, key=lambda p: abs(p["gamma"] - chosen_gamma))
+        axes.scatter([100 * at["gzsl/U"]], [100 * at["gzsl/S"]], s=60, facecolors="none", edgecolors="black")
+    axes.set(xlabel="unseen accuracy U (%)", ylabel="seen accuracy S (%)",
+             title=f"Calibrated stacking: U/S as γ varies (circle: γ={chosen_gamma:g})")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = Path(cfg.ckpt_path)
+    model = load_model(ckpt_path)
+    datamodule = ZSLDataModule(**dataset_config(cfg, ckpt_path))
+    datamodule.setup("test")
+    _check_fit(model, datamodule)
+    model.set_classes(datamodule.semantics, datamodule.seen_classes)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    model.to(device)
+    L.seed_everything(cfg.seed, workers=True)  # the softmax classifiers' initialisation and batches
+    scores_seen, y_seen, scores_unseen, y_unseen = model.test_scores(datamodule)
+    metrics = model.protocol_metrics(scores_seen, y_seen, scores_unseen, y_unseen)
+    gammas = list(cfg.calibration.gammas) if cfg.calibration.gammas is not None else None
+    curves = {name: stacking_curve(scores_seen[f"{name}/gzsl"], y_seen, scores_unseen[f"{name}/gzsl"], y_unseen,
+                                   model.seen_classes, model.unseen_classes, gammas) for name in CLASSIFIERS}
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / METRICS_FILE, metrics | {"checkpoint": str(ckpt_path.resolve())})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["classifier", "gamma", "gzsl/U", "gzsl/S", "gzsl/H"])
+    writer.writeheader()
+    writer.writerows({"classifier": name, **point} for name, curve in curves.items() for point in curve)
+    with atomic_path(output_dir / "calibration.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    _save_curve_plot(curves, model.hparams.calibration_gamma, output_dir / "calibration_curve.png")
+
+    console = Console()
+    console.print(results_table(metrics, f"{ckpt_path.name} on {datamodule.data.name} (%)", model.hparams.classifier))
+    for name, curve in curves.items():
+        table = Table(title=f"{name}: calibrated stacking (%)")
+        for column in ("γ", "U", "S", "H"):
+            table.add_column(column, justify="right")
+        best = max(curve, key=lambda p: p["gzsl/H"])
+        for point in curve:
+            style = "bold" if point is best else None
+            table.add_row(f"{point['gamma']:.4g}", *(f"{100 * point[k]:.2f}" for k in ("gzsl/U", "gzsl/S", "gzsl/H")),
+                          style=style)
+        console.print(table)
+    console.print("(bold: the best H of each sweep, which is chosen on test data: choose γ on the validation task)")
+    log.info("wrote %s, calibration.csv and calibration_curve.png in %s", METRICS_FILE, output_dir)
+    return metrics

@@ -1,0 +1,60 @@
+"""eval.py on a checkpoint from a short run: the run's own numbers, the calibrated-stacking sweep,
+and clear errors for a wrong checkpoint or dataset."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from izf.evaluation.calibration import gamma_grid, stacking_curve
+from tests.conftest import REPO
+from tests.test_reliability import TINY
+from tests.test_train_cli import run_train
+
+
+def run_eval(*overrides):
+    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+    return subprocess.run([sys.executable, "eval.py", *overrides], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_run_and_sweeps_gamma(tmp_path):
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    run_train(*TINY, "debug=fast", f"hydra.run.dir={run_dir}")
+    proc = run_eval(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={eval_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert {k: evaluated[k] for k in trained} == trained  # same weights, data and seed: same numbers
+    rows = list(csv.DictReader((eval_dir / "calibration.csv").open()))
+    for classifier in ("nb", "softmax"):
+        curve = [r for r in rows if r["classifier"] == classifier]
+        at_zero = next(r for r in curve if float(r["gamma"]) == 0.0)
+        assert float(at_zero["gzsl/H"]) == pytest.approx(trained[f"{classifier}/gzsl/H"])
+        assert float(curve[0]["gzsl/U"]) <= float(curve[-1]["gzsl/U"])  # larger γ: more unseen predictions
+    assert (eval_dir / "calibration_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "calibrated stacking" in proc.stdout
+
+    other = run_eval(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "dataset=toy", f"hydra.run.dir={eval_dir}")
+    assert other.returncode == 2 and "the checkpoint was trained for 9 classes" in other.stderr
+    missing = run_eval(f"ckpt_path={tmp_path / 'none.ckpt'}", f"hydra.run.dir={eval_dir}")
+    assert missing.returncode == 2 and "none.ckpt: no such file" in missing.stderr
+    assert "Traceback" not in other.stderr + missing.stderr
+
+
+def test_gamma_grid_spans_from_all_seen_to_all_unseen():
+    torch.manual_seed(0)
+    scores = torch.randn(200, 5)
+    seen, unseen = torch.tensor([0, 1, 2]), torch.tensor([3, 4])
+    labels = torch.randint(0, 5, (200,))
+    curve = stacking_curve(scores[:100], labels[:100], scores[100:], labels[100:], seen, unseen)
+    assert any(p["gamma"] == 0.0 for p in curve)
+    gammas = gamma_grid(scores, seen, unseen)
+    lowest, highest = (calibrated.argmax(1) for calibrated in
+                       (scores - g * torch.isin(torch.arange(5), seen) for g in (gammas[0], gammas[-1])))
+    assert torch.isin(lowest, seen).all() and torch.isin(highest, unseen).all()
