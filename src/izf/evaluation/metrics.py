@@ -11,11 +11,11 @@ import torch
 from torch import Tensor
 
 
-def per_class_mean_accuracy(pred: Tensor, target: Tensor, classes: Tensor) -> float:
-    """Mean over the given classes of each class's top-1 accuracy on its own samples.
+def per_class_accuracy(pred: Tensor, target: Tensor, classes: Tensor) -> Tensor:
+    """Top-1 accuracy of each class in `classes` on its own samples (float64, one per class).
 
     Every class in `classes` must have at least one sample in `target`; predictions into any
-    other class are simply wrong, and classes outside `classes` are never averaged in.
+    other class are simply wrong.
     """
     classes = torch.as_tensor(classes, device=target.device)
     size = int(max(target.max(), classes.max())) + 1
@@ -23,7 +23,13 @@ def per_class_mean_accuracy(pred: Tensor, target: Tensor, classes: Tensor) -> fl
     if bool((counts == 0).any()):
         raise ValueError(f"classes {classes[counts == 0].tolist()} have no samples to evaluate on")
     hits = torch.bincount(target[pred == target], minlength=size)[classes]
-    return float((hits.to(torch.float64) / counts).mean())
+    return hits.to(torch.float64) / counts
+
+
+def per_class_mean_accuracy(pred: Tensor, target: Tensor, classes: Tensor) -> float:
+    """Mean over the given classes of each class's top-1 accuracy; classes outside `classes` are
+    never averaged in."""
+    return float(per_class_accuracy(pred, target, classes).mean())
 
 
 def harmonic_mean(u: float, s: float) -> float:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from izf.errors import ConfigError, IZFError
-from izf.evaluation.metrics import gzsl_metrics, zsl_metrics
+from izf.evaluation.metrics import calibrated_stacking, gzsl_metrics, zsl_metrics
 from izf.model import losses
 from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
 from izf.model.flow import InvertibleFlow
@@ -308,6 +308,10 @@ class IZF(L.LightningModule):
                      torch.cat([y for _, y in outputs])) for outputs in self._outputs.values()]
         self.test_metrics = self.protocol_metrics(*gathered[0], *gathered[1])
         self.log_dict(self.test_metrics)
+        # GZSL predictions of the reported classifier, for per-class tables and pictures.
+        key, gamma = f"{self.hparams.classifier}/gzsl", self.hparams.calibration_gamma
+        self.test_predictions = {split: (calibrated_stacking(scores[key], self.seen_mask, gamma).argmax(1), y)
+                                 for split, (scores, y) in zip(TEST_SPLITS, gathered)}
         del self._outputs, self._softmax
 
     def protocol_metrics(self, seen_scores: dict[str, Tensor], y_seen: Tensor,
