@@ -93,21 +93,13 @@ def test_checkpoint_reload_gives_same_predictions(datamodule, tmp_path):
         torch.manual_seed(5)
         b = reloaded.generate(reloaded.unseen_classes)
     assert torch.equal(a, b)
-    # full evaluation with both classifiers, same seed -> same metrics
-    metrics = []
-    for m in (model, reloaded):
-        L.seed_everything(3)
-        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
-        trainer.test(m, datamodule=datamodule, verbose=False)
-        metrics.append(m.test_metrics)
-    assert metrics[0] == metrics[1]
-    # The protocol outside the test loop: same NB metrics; reproducible given the seed.
-    L.seed_everything(3)
-    outside = reloaded.evaluate(datamodule)
-    assert {k: v for k, v in outside.items() if k.startswith("nb/")} == {
-        k: v for k, v in metrics[1].items() if k.startswith("nb/")}
-    L.seed_everything(3)
-    assert reloaded.evaluate(datamodule) == outside
+    # The whole protocol with both classifiers: the same numbers, whatever the global random state
+    # (the softmax classifiers have their own seeded stream).
+    torch.manual_seed(1)
+    metrics = model.evaluate(datamodule)
+    torch.manual_seed(2)
+    assert reloaded.evaluate(datamodule) == metrics
+    assert set(reloaded.test_predictions) == {"test_seen", "test_unseen"}
 
 
 @pytest.mark.slow

@@ -268,3 +268,25 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     assert list(tmp_path.glob(".submitit/*/*_result.pkl"))  # submitit's own bookkeeping, one per job
     rows, failed = report([tmp_path])
     assert not failed and rows[0]["runs"] == 2
+
+
+# ---- several processes (DDP on CPU) ---------------------------------------------------------
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path):
+    # The terms that are means over samples (likelihood, semantic) give the same averaged gradient
+    # in two processes as in one; the batch statistics (MMD, class means) are per process, and the
+    # jitter noise is drawn per process: they are off here so the runs can be compared.
+    same = [*TINY, "trainer.max_steps=100", "model.loss.negative=0", "model.loss.centralising=0", "model.jitter=0"]
+    run_train(*same, f"hydra.run.dir={tmp_path / 'one'}")
+    run_train(*same, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}")
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert one.keys() == two.keys() and all(abs(one[k] - two[k]) <= 0.02 for k in one)  # stated tolerance
+    for name, tensor in _final_weights(tmp_path / "two").items():
+        assert torch.allclose(tensor.float(), _final_weights(tmp_path / "one")[name].float(), atol=1e-5), name
+
+
+def test_ddp_inside_a_multirun_is_refused(tmp_path):
+    proc = run_train("-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=0,1",
+                     f"hydra.sweep.dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "trainer=ddp cannot run inside a multirun (-m)" in proc.stderr and "launcher=slurm" in proc.stderr

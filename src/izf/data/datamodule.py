@@ -11,7 +11,6 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
 
 from izf.data import generate
 from izf.data.dataset import ZSLData
@@ -49,12 +48,18 @@ class ShuffledBatches:
     included, sees exactly the batches an uninterrupted run would: the checkpoint stores the seed
     and the next batch index (Lightning saves state_dict() of a loader that has one), and
     `progress()` (batches the trainer has processed) gives the start of every later epoch.
+    With several processes (DDP) every one walks the same sequence and takes its share of each
+    batch, so the global batch is the same as in one process.
     """
 
     def __init__(self, *tensors: Tensor, batch_size: int, num_batches: int, seed: int = 0,
-                 progress: Callable[[], int] = lambda: 0):
+                 progress: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1):
         self.tensors = tensors
         self.batch_size = min(batch_size, len(tensors[0]))
+        if self.batch_size % world_size:
+            raise ConfigError(f"dataset.batch_size={batch_size} must be a multiple of the {world_size} processes "
+                              "training together (each takes an equal share of every batch)")
+        self.rank, self.world_size = rank, world_size
         self.num_batches = num_batches
         self.seed = seed
         self.progress = progress
@@ -83,7 +88,7 @@ class ShuffledBatches:
         start = self._resume_at if self._resume_at is not None else self.progress()
         self._resume_at = None
         for batch in range(start, (start // self.num_batches + 1) * self.num_batches):  # to the epoch's end
-            rows = self.rows(batch)
+            rows = self.rows(batch)[self.rank::self.world_size]  # multi-GPU: this process's share
             yield tuple(t[rows] for t in self.tensors)
 
 
@@ -157,8 +162,5 @@ class ZSLDataModule(L.LightningDataModule):
         # initial_seed(): the run's seed, read without drawing from (and so shifting) the random stream
         return ShuffledBatches(*(t.to(device) for t in self.split("trainval")), batch_size=self.hparams.batch_size,
                                num_batches=self.hparams.batches_per_epoch, seed=torch.initial_seed(),
-                               progress=progress)
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(TensorDataset(*self.split(name)), batch_size=self.hparams.eval_batch_size)
-                for name in ("test_seen", "test_unseen")]
+                               progress=progress, rank=trainer.global_rank if trainer else 0,
+                               world_size=trainer.world_size if trainer else 1)

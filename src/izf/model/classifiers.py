@@ -3,6 +3,8 @@ candidates score -inf, so argmax over a row is the prediction."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -23,7 +25,7 @@ class SoftmaxClassifier(nn.Module):
         self.num_classes = num_classes
 
     def fit(self, x: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int,
-            weight_decay: float = 0.0) -> "SoftmaxClassifier":
+            weight_decay: float = 0.0, on_epoch: Callable[[], None] = lambda: None) -> "SoftmaxClassifier":
         target = torch.searchsorted(self.classes, y)  # class index -> column of self.linear
         optimizer = torch.optim.Adam(self.linear.parameters(), lr=lr, betas=(0.5, 0.999),
                                      weight_decay=weight_decay)
@@ -33,6 +35,7 @@ class SoftmaxClassifier(nn.Module):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            on_epoch()
         return self
 
     @torch.no_grad()

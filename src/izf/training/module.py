@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
 import torch
+from rich.progress import Progress
 from torch import Tensor
 
 from izf.errors import ConfigError, IZFError
@@ -76,6 +79,21 @@ def check_hyperparameters(hparams: dict[str, Any]) -> None:
             value = value.get(part, absent) if isinstance(value, dict) else absent
         if value is not absent and not valid(value):
             raise ConfigError(f"model.{key}={value!r}: expected {expected}")
+
+
+@contextmanager
+def progress_task(trainer: L.Trainer | None, description: str, total: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar for work outside Lightning's loops (the classifier fitting): a task in
+    Lightning's own rich bar while one is shown (rich allows one live display at a time), else a
+    bar of its own. Yields the function that advances it by one."""
+    shown = getattr(getattr(trainer, "progress_bar_callback", None), "progress", None)
+    if isinstance(shown, Progress):
+        task = shown.add_task(description, total=total)
+        yield lambda: shown.advance(task)
+        return
+    with Progress(*Progress.get_default_columns(), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
 
 
 class DivergenceError(IZFError):
@@ -266,16 +284,17 @@ class IZF(L.LightningModule):
         fit = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "weight_decay")}
         all_classes = torch.arange(self.hparams.num_classes, device=self.device)
         # Lightning evaluates under inference_mode; this is a small training run of its own.
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), \
+                progress_task(self._trainer, "softmax classifiers", 2 * cfg["epochs"]) as advance:
             y_gen = unseen.clone().repeat_interleave(cfg["n_gen"])
             with torch.no_grad():
                 x_gen = torch.cat([self.generate(rows) for rows in y_gen.split(cfg["generation_batch"])])
             x_seen, y_seen = x_seen.clone(), y_seen.clone()
             return {
                 "gzsl": SoftmaxClassifier(self.hparams.feature_dim, all_classes.clone(), self.hparams.num_classes)
-                .to(self.device).fit(torch.cat([x_seen, x_gen]), torch.cat([y_seen, y_gen]), **fit),
+                .to(self.device).fit(torch.cat([x_seen, x_gen]), torch.cat([y_seen, y_gen]), **fit, on_epoch=advance),
                 "zsl": SoftmaxClassifier(self.hparams.feature_dim, unseen.clone(), self.hparams.num_classes)
-                .to(self.device).fit(x_gen, y_gen, **fit),
+                .to(self.device).fit(x_gen, y_gen, **fit, on_epoch=advance),
             }
 
     def _fit_softmax_on_trainval(self, datamodule) -> None:
@@ -287,32 +306,12 @@ class IZF(L.LightningModule):
             torch.manual_seed(self.hparams.softmax.get("seed", 0))
             self._softmax = self.fit_softmax_classifiers(x_seen, y_seen)
 
-    def on_test_epoch_start(self) -> None:
-        self.check_finite_weights("evaluate")
-        self._fit_softmax_on_trainval(self.trainer.datamodule)
-        self._outputs = {split: [] for split in TEST_SPLITS}
-
     def scores(self, x: Tensor) -> dict[str, Tensor]:
         """Scores (N×C) of every classifier for every task (after fit_softmax_classifiers)."""
         c_hat, _, _ = self.encode(x)
         nb = naive_bayes_scores(c_hat, self.class_semantics)
         return {"nb/gzsl": nb, "nb/zsl": nb,
                 "softmax/gzsl": self._softmax["gzsl"](x), "softmax/zsl": self._softmax["zsl"](x)}
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        self._outputs[TEST_SPLITS[dataloader_idx]].append((self.scores(x), y))
-
-    def on_test_epoch_end(self) -> None:
-        gathered = [({k: torch.cat([s[k] for s, _ in outputs]) for k in outputs[0][0]},
-                     torch.cat([y for _, y in outputs])) for outputs in self._outputs.values()]
-        self.test_metrics = self.protocol_metrics(*gathered[0], *gathered[1])
-        self.log_dict(self.test_metrics)
-        # GZSL predictions of the reported classifier, for per-class tables and pictures.
-        key, gamma = f"{self.hparams.classifier}/gzsl", self.hparams.calibration_gamma
-        self.test_predictions = {split: (calibrated_stacking(scores[key], self.seen_mask, gamma).argmax(1), y)
-                                 for split, (scores, y) in zip(TEST_SPLITS, gathered)}
-        del self._outputs, self._softmax
 
     def protocol_metrics(self, seen_scores: dict[str, Tensor], y_seen: Tensor,
                          unseen_scores: dict[str, Tensor], y_unseen: Tensor) -> dict[str, float]:
@@ -330,20 +329,28 @@ class IZF(L.LightningModule):
 
     @torch.no_grad()
     def test_scores(self, datamodule) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor]:
-        """Outside a Lightning test loop: fit the softmax classifiers, score both test splits in
-        one pass each. Returns (scores, labels) of test_seen, then of test_unseen."""
+        """Fit the softmax classifiers, then score both test splits (in rows of eval_batch_size).
+        Returns (scores, labels) of test_seen, then of test_unseen."""
         self.check_finite_weights("evaluate")
         was_training = self.training
         self.eval()
         self._fit_softmax_on_trainval(datamodule)
         scored = []
         for split in TEST_SPLITS:
-            x, y = (t.to(self.device) for t in datamodule.split(split))
-            scored += [self.scores(x), y]
+            x, y = datamodule.split(split)
+            parts = [self.scores(rows.to(self.device)) for rows in x.split(datamodule.hparams.eval_batch_size)]
+            scored += [{key: torch.cat([p[key] for p in parts]) for key in parts[0]}, y.to(self.device)]
         del self._softmax
         self.train(was_training)
         return tuple(scored)
 
     def evaluate(self, datamodule) -> dict[str, float]:
-        """The whole protocol outside a Lightning test loop (e.g. at milestones during training)."""
-        return self.protocol_metrics(*self.test_scores(datamodule))
+        """The whole protocol on the full test splits, in one process (also after multi-GPU
+        training): the metrics of both classifiers. Keeps the reported classifier's GZSL
+        predictions in `test_predictions` for per-class tables and pictures."""
+        seen_scores, y_seen, unseen_scores, y_unseen = self.test_scores(datamodule)
+        key, gamma = f"{self.hparams.classifier}/gzsl", self.hparams.calibration_gamma
+        self.test_predictions = {split: (calibrated_stacking(scores[key], self.seen_mask, gamma).argmax(1), y)
+                                 for split, scores, y in (("test_seen", seen_scores, y_seen),
+                                                          ("test_unseen", unseen_scores, y_unseen))}
+        return self.protocol_metrics(seen_scores, y_seen, unseen_scores, y_unseen)

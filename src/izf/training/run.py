@@ -16,6 +16,7 @@ import lightning.pytorch as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -126,7 +127,7 @@ def _resume_from(cfg: DictConfig, model: IZF, output_dir: Path) -> str | None:
         check_checkpoint(ckpt_path, model)
         log.info("resuming from %s", ckpt_path)
         for leftover in (output_dir / "checkpoints").glob(".*.ckpt.*.tmp"):  # a killed run's unfinished write
-            leftover.unlink()
+            leftover.unlink(missing_ok=True)
     return ckpt_path
 
 
@@ -136,13 +137,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not (isinstance(cfg.trainer.max_steps, int) and cfg.trainer.max_steps >= 1):
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: expected an integer ≥ 1 (the flow's training "
                           "length; the paper's is 11000)")
+    if _multi_process(cfg) and cfg.model.flow.actnorm:
+        raise ConfigError("model.flow.actnorm=true with several processes: each would initialise ActNorm from its "
+                          "own first batch; train it on one device")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     datamodule, model = build(cfg)
     ckpt_path = _resume_from(cfg, model, output_dir)
     log.info("data %s: %s", datamodule.data.name, datamodule.data.summary())
-    with atomic_path(output_dir / "config.yaml") as tmp:
-        OmegaConf.save(cfg, tmp, resolve=True)
+    if rank_zero_only.rank == 0:  # DDP: Lightning re-runs this script for the other processes
+        with atomic_path(output_dir / "config.yaml") as tmp:
+            OmegaConf.save(cfg, tmp, resolve=True)
 
     loggers = instantiate_loggers(cfg)
     for logger in loggers:  # the whole experiment, not only the model's hyperparameters
@@ -158,10 +163,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                           + (f"saved {sigterm.saved_to}; " if sigterm.saved_to else "")
                           + f"resume with: python train.py <same overrides> hydra.run.dir={output_dir} "
                             "ckpt_path=last") from None
+    if not trainer.is_global_zero:  # multi-GPU: one process evaluates, on the full test splits
+        return {}
     # Evaluation uses the final weights of the fixed schedule (no selection on test data).
-    L.seed_everything(cfg.seed, workers=True)
-    trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = model.test_metrics
+    metrics = model.evaluate(datamodule)
+    for logger in loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
     save_pictures(model, datamodule, output_dir, loggers)
 
     for logger in loggers:
@@ -188,6 +195,10 @@ def exit_with_error(message: str) -> None:
     sys.exit(2)
 
 
+def _multi_process(cfg: DictConfig) -> bool:
+    return str(cfg.trainer.get("strategy", "auto")).startswith("ddp") and cfg.trainer.get("devices") not in (1, "1")
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """train() as one job of train.py, returning GZSL H for sweepers. In a single run, bad input
     ends it with one `error:` line (status 2) and SIGTERM with status 3. In a multirun a failed job
@@ -196,8 +207,13 @@ def run_job(cfg: DictConfig) -> float | None:
     failed trial (a NaN would crash optuna 2.10's sweeper) and the basic sweeper ignores. SIGTERM
     stops a multirun too: the whole sweep is being preempted."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and _multi_process(cfg):
+        exit_with_error("trainer=ddp cannot run inside a multirun (-m): Lightning starts the other processes by "
+                        "re-running the command line, which a sweep cannot do. Use launcher=slurm (each job its own "
+                        "DDP run), or run the jobs one after another without -m")
     try:
-        return train(cfg)["gzsl/H"]
+        metrics = train(cfg)
+        return metrics.get("gzsl/H")  # None on the non-zero ranks of a multi-GPU run
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(3)
