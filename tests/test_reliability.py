@@ -215,8 +215,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 3 and "Traceback" not in stderr, stderr
-    assert "interrupted by SIGTERM at step" in stderr and "ckpt_path=last" in stderr
-    step = int(stderr.split("interrupted by SIGTERM at step ")[1].split(";")[0])
+    assert "interrupted: stopped by SIGTERM at step" in stderr and "ckpt_path=last" in stderr
+    step = int(stderr.split("stopped by SIGTERM at step ")[1].split(";")[0])
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == step >= 50
     run_train(*RESUMABLE, f"trainer.max_steps={step + 5}", "ckpt_path=last", f"hydra.run.dir={run_dir}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import traceback
 import warnings
@@ -27,9 +26,9 @@ from rich.table import Table
 
 from izf.data import ZSLDataModule
 from izf.errors import ConfigError, IZFError
-from izf.evaluation.pictures import PER_CLASS_COLUMNS, per_class_rows, real_vs_generated, toy_scatter, write_csv
 from izf.io import atomic_path
 from izf.training.checkpoints import SaveOnSigterm, check_checkpoint
+from izf.training.loggers import instantiate_loggers, save_pictures
 from izf.training.module import IZF
 from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE
 
@@ -56,48 +55,6 @@ def results_table(metrics: dict[str, float], title: str, chosen: str) -> Table:
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(node) for node in (group or {}).values() if node and "_target_" in node]
-
-
-def _wandb_logged_in() -> bool:
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
-
-
-def instantiate_loggers(cfg: DictConfig) -> list[Any]:
-    """The configured loggers. W&B: offline (files in the run directory, `wandb sync` uploads them
-    later) unless the user is logged in or WANDB_MODE says otherwise; in a multirun every job is its
-    own W&B run, grouped under the sweep's folder name."""
-    loggers = []
-    for node in (cfg.get("logger") or {}).values():
-        if not node or "_target_" not in node:
-            continue
-        extra = {}
-        if node._target_.endswith("WandbLogger"):
-            if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
-                extra["offline"] = True
-                log.info("W&B: not logged in, logging offline to %s (upload later: wandb sync)", cfg.paths.output_dir)
-            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-                sweep = Path(HydraConfig.get().sweep.dir).name
-                extra["group"] = node.get("group") or sweep
-                extra["name"] = node.get("name") or f"{sweep}/{HydraConfig.get().job.num}"
-        loggers.append(hydra.utils.instantiate(node, **extra))
-    return loggers
-
-
-def save_pictures(model: IZF, datamodule: ZSLDataModule, output_dir: Path, loggers: list[Any]) -> None:
-    """Per-class accuracies (CSV, W&B table) and pictures (PNG, W&B images) of the tested model."""
-    rows = per_class_rows(model.test_predictions, datamodule.seen_classes, datamodule.unseen_classes,
-                          datamodule.data.class_names)
-    write_csv(output_dir / "per_class_accuracy.csv", PER_CLASS_COLUMNS, rows)
-    pictures = output_dir / "pictures"
-    images = {"real_vs_generated": real_vs_generated(model, datamodule, pictures / "real_vs_generated.png")}
-    if datamodule.hparams.source == "toy":
-        images["toy"] = toy_scatter(model, datamodule, pictures / "toy.png")
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_table("per_class_accuracy", columns=PER_CLASS_COLUMNS, data=rows)
-            for key, path in images.items():
-                logger.log_image(key=f"pictures/{key}", images=[str(path)])
 
 
 def build(cfg: DictConfig) -> tuple[ZSLDataModule, IZF]:
@@ -159,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
-        raise Interrupted(f"interrupted by SIGTERM at step {trainer.global_step}; "
+        raise Interrupted(f"stopped by SIGTERM at step {trainer.global_step}; "
                           + (f"saved {sigterm.saved_to}; " if sigterm.saved_to else "")
                           + f"resume with: python train.py <same overrides> hydra.run.dir={output_dir} "
                             "ckpt_path=last") from None
