@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column, justify="left" if column in ("group", "classifier") else "right")
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the table unwrapped
     console.print(table)
     for job in failed:
         console.print(f"[red]failed[/red] {job.folder}: {job.failure}")
