@@ -96,29 +96,30 @@ def _convert_features(path: Path, out: Path) -> None:
             np.save(handle, array)
 
 
-def _read_content(folder: Path, memory_map: bool):
-    if (folder / "content.pickle").is_file():
-        with open(folder / "content.pickle", "rb") as handle:
-            return pickle.load(handle)
-    features = np.load(folder / "features.npy", mmap_mode="r" if memory_map else None)
-    labels = np.load(folder / "labels.npy")
-    if features.ndim != 2 or labels.shape != (features.shape[0],):
-        raise ValueError("features and labels disagree")
-    return features, labels
+def _read_content(folder: Path | None, memory_map: bool):
+    """What a conversion left in `folder`; None where there is nothing whole to read."""
+    if folder is None:
+        return None
+    try:
+        if (folder / "content.pickle").is_file():
+            with open(folder / "content.pickle", "rb") as handle:
+                return pickle.load(handle)
+        features = np.load(folder / "features.npy", mmap_mode="r" if memory_map else None)
+        labels = np.load(folder / "labels.npy")
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError):  # damaged or half-written
+        return None
+    return (features, labels) if features.ndim == 2 and labels.shape == (features.shape[0],) else None
 
 
 def _parsed(path: Path, convert: Callable[[Path, Path], None], use_cache: bool):
     """What `convert` makes of `path` (run in a child process), from the cache when it is current.
     A damaged cache entry is rebuilt; an unwritable cache is skipped."""
     if use_cache:
-        for attempt in ("lookup", "build"):
-            folder = cache.lookup(path) if attempt == "lookup" else cache.build(
-                path, lambda out: isolated.run(convert, path, out))
-            if folder is not None:
-                try:
-                    return _read_content(folder, memory_map=True)
-                except (OSError, ValueError, EOFError, pickle.UnpicklingError):
-                    continue  # damaged or half-written: build it again
+        content = _read_content(cache.lookup(path), memory_map=True)
+        if content is None:
+            content = _read_content(cache.build(path, lambda out: isolated.run(convert, path, out)), memory_map=True)
+        if content is not None:
+            return content
     with tempfile.TemporaryDirectory() as tmp:
         isolated.run(convert, path, Path(tmp))
         return _read_content(Path(tmp), memory_map=False)
