@@ -301,8 +301,8 @@ class IZF(L.LightningModule):
 
     def _fit_softmax_on_trainval(self, datamodule) -> None:
         """With its own seeded random stream: the classifiers, and so the reported numbers, are a
-        function of the weights, the data and softmax.seed alone, the same in the training run's
-        test loop, in evaluate() and in eval.py (whatever drew random numbers before)."""
+        function of the weights, the data and softmax.seed alone: the same after training, in a
+        resumed run and in eval.py, whatever drew random numbers before."""
         x_seen, y_seen = (t.to(self.device) for t in datamodule.split("trainval"))
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.hparams.softmax.get("seed", 0))
