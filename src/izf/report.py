@@ -9,8 +9,6 @@ listed with their reason. Prints the table and writes report.md and report.csv b
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import statistics
 import sys
@@ -21,7 +19,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from izf.io import atomic_path
+from izf.io import atomic_path, write_csv
 from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE
 
 SEED_KEYS = ("seed",)
@@ -147,12 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(_markdown(rows, failed))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(out / "report.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_csv(out / "report.csv", list(rows[0]), (list(row.values()) for row in rows))
     print(f"wrote {out / 'report.md'} and {out / 'report.csv'}")
     return 0
 

@@ -25,6 +25,12 @@ def _softplus(a: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, a)
 
 
+def unit_attributes(n_classes: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Non-negative attribute vectors, L2-normalised per class like xlsa17's `att` (C × dim)."""
+    attributes = rng.random((n_classes, dim)) ** 2
+    return attributes / np.linalg.norm(attributes, axis=1, keepdims=True)
+
+
 def class_means(semantics: np.ndarray, feature_dim: int, rng: np.random.Generator,
                 hidden: int = 64) -> np.ndarray:
     """A random smooth nonlinear map from class semantics (C×d_c) to non-negative class mean
@@ -53,8 +59,7 @@ def synthetic(seen: int = 20, unseen: int = 10, semantic_dim: int = 16, feature_
     """
     rng = np.random.default_rng(seed)
     n_classes = seen + unseen
-    semantics = rng.random((n_classes, semantic_dim)) ** 2
-    semantics /= np.linalg.norm(semantics, axis=1, keepdims=True)
+    semantics = unit_attributes(n_classes, semantic_dim, rng)
     means = class_means(semantics, feature_dim, rng)
     labels = np.repeat(np.arange(n_classes), per_class)
     features = _sample(means, labels, noise, rng)
@@ -150,8 +155,7 @@ def like(name: str, splits_file: str | Path | None = None, labels: np.ndarray | 
         names = [str(np.asarray(n).ravel()[0]) for n in mat["allclasses_names"].ravel()] \
             if "allclasses_names" in mat else []
     else:
-        semantics = rng.random((facts["seen"] + facts["unseen"], facts["semantic_dim"])) ** 2
-        semantics = (semantics / np.linalg.norm(semantics, axis=1, keepdims=True)).astype(np.float32)
+        semantics = unit_attributes(facts["seen"] + facts["unseen"], facts["semantic_dim"], rng).astype(np.float32)
         order = rng.permutation(facts["images"])
         locs = dict(zip(("trainval", "test_seen", "test_unseen"),
                         np.split(order, np.cumsum(facts["splits"])[:2])))

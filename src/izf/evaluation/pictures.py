@@ -4,8 +4,6 @@ per_class_accuracy.csv) and, where W&B is the logger, sent there too."""
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import matplotlib
@@ -35,20 +33,12 @@ def per_class_rows(predictions: dict[str, tuple[Tensor, Tensor]], seen: Tensor, 
     return rows
 
 
-def write_csv(path: Path, columns: list[str], rows: list[list]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
-
-
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path, dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG, written atomically, and closed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+        figure.savefig(tmp, format="png", dpi=dpi)
     plt.close(figure)
     return path
 
@@ -81,7 +71,7 @@ def real_vs_generated(model, datamodule, path: Path, per_kind: int = 3, samples:
         axes.scatter(g[:, 0], g[:, 1], s=14, color=colours(i), marker="x", alpha=0.8)
     axes.set(title="Real test features (dots) and generated ones (x), PCA", xlabel="PC 1", ylabel="PC 2")
     axes.legend(fontsize=7, markerscale=1.5)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 @torch.no_grad()
@@ -98,4 +88,4 @@ def toy_scatter(model, datamodule, path: Path, samples: int = 400) -> Path:
     axes.scatter(generated[:, 0], generated[:, 1], s=10, marker="x", color="black", label="generated unseen")
     axes.set(title="Toy data: real (dots) and generated unseen (x)", xlabel="x₁", ylabel="x₂")
     axes.legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path)

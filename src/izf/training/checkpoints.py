@@ -40,7 +40,9 @@ def check_checkpoint(path: str | Path, model: L.LightningModule) -> None:
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # never runs a foreign pickle
+        # weights_only: never runs a foreign pickle; mmap: shapes are read, tensor data is not (Lightning
+        # loads the file for real right after, so a resume does not read a large checkpoint twice)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch/pickle raise many types for a damaged or foreign file
         raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None

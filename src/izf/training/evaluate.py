@@ -3,13 +3,10 @@ stacking swept over γ with the resulting seen/unseen trade-off (table, CSV, plo
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
 import lightning.pytorch as L
-import matplotlib
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -18,13 +15,12 @@ from rich.table import Table
 from izf.data import ZSLDataModule
 from izf.errors import ConfigError
 from izf.evaluation.calibration import stacking_curve
-from izf.io import atomic_path
-from izf.training.checkpoints import check_checkpoint
+from izf.evaluation.pictures import save_figure
+from izf.io import write_csv, write_json
 from izf.training.module import IZF
 from izf.training.outputs import CLASSIFIERS, METRICS_FILE
-from izf.training.run import results_table, write_json_atomic
+from izf.training.run import results_table
 
-matplotlib.use("Agg")  # files only, never a window
 log = logging.getLogger(__name__)
 
 
@@ -36,8 +32,7 @@ def load_model(ckpt_path: str | Path) -> IZF:
         raise ConfigError(f"ckpt_path={path}: no such file") from None
     except Exception as err:  # not a checkpoint, or not one of IZF
         raise ConfigError(f"ckpt_path={path}: not a readable IZF checkpoint ({type(err).__name__}: {err})") from None
-    check_checkpoint(path, model)
-    return model
+    return model  # built from the checkpoint's own hyperparameters: its tensors fit by construction
 
 
 def dataset_config(cfg: DictConfig, ckpt_path: Path) -> dict:
@@ -60,7 +55,7 @@ def _check_fit(model: IZF, datamodule: ZSLDataModule) -> None:
 
 
 def _save_curve_plot(curves: dict[str, list[dict]], chosen_gamma: float, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the Agg backend: chosen by izf.evaluation.pictures
 
     figure, axes = plt.subplots(figsize=(5.5, 4.5))
     for name, curve in curves.items():
@@ -71,10 +66,7 @@ def _save_curve_plot(curves: dict[str, list[dict]], chosen_gamma: float, path: P
              title=f"Calibrated stacking: U/S as γ varies (circle: γ={chosen_gamma:g})")
     axes.legend()
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
@@ -96,13 +88,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
                                    model.seen_classes, model.unseen_classes, gammas) for name in CLASSIFIERS}
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / METRICS_FILE, metrics | {"checkpoint": str(ckpt_path.resolve())})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["classifier", "gamma", "gzsl/U", "gzsl/S", "gzsl/H"])
-    writer.writeheader()
-    writer.writerows({"classifier": name, **point} for name, curve in curves.items() for point in curve)
-    with atomic_path(output_dir / "calibration.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_json(output_dir / METRICS_FILE, metrics | {"checkpoint": str(ckpt_path.resolve())})
+    write_csv(output_dir / "calibration.csv", ["classifier", "gamma", "gzsl/U", "gzsl/S", "gzsl/H"],
+              ([name, p["gamma"], p["gzsl/U"], p["gzsl/S"], p["gzsl/H"]] for name, curve in curves.items()
+               for p in curve))
     _save_curve_plot(curves, model.hparams.calibration_gamma, output_dir / "calibration_curve.png")
 
     console = Console()

@@ -15,7 +15,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from izf.data import ZSLDataModule
-from izf.evaluation.pictures import PER_CLASS_COLUMNS, per_class_rows, real_vs_generated, toy_scatter, write_csv
+from izf.evaluation.pictures import PER_CLASS_COLUMNS, per_class_rows, real_vs_generated, toy_scatter
+from izf.io import write_csv
 from izf.training.module import IZF
 
 log = logging.getLogger(__name__)

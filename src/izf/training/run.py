@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import traceback
@@ -26,7 +25,7 @@ from rich.table import Table
 
 from izf.data import ZSLDataModule
 from izf.errors import ConfigError, IZFError
-from izf.io import atomic_path
+from izf.io import atomic_path, write_json
 from izf.training.checkpoints import SaveOnSigterm, check_checkpoint
 from izf.training.loggers import instantiate_loggers, save_pictures
 from izf.training.module import IZF
@@ -35,11 +34,6 @@ from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METR
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
-
-
-def write_json_atomic(path: Path, content: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(content, indent=2, sort_keys=True))
 
 
 def results_table(metrics: dict[str, float], title: str, chosen: str) -> Table:
@@ -132,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, WandbLogger):  # one W&B run per job, also within a multirun
             logger.experiment.finish()
 
-    write_json_atomic(output_dir / METRICS_FILE, metrics)
+    write_json(output_dir / METRICS_FILE, metrics)
     task = ("validation task: seen classes only, no test data" if datamodule.hparams.split == "validation"
             else "test splits")
     Console().print(results_table(metrics, f"IZF on {datamodule.data.name}, {task} (%)", cfg.model.classifier))
