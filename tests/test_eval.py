@@ -25,7 +25,8 @@ def run_eval(*overrides):
 @pytest.mark.slow
 def test_eval_reproduces_the_run_and_sweeps_gamma(tmp_path):
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
-    run_train(*TINY, "debug=fast", f"hydra.run.dir={run_dir}")
+    run_train(*TINY, "debug=fast", "model.calibration_gamma.softmax=0", "model.calibration_gamma.nb=0",
+              f"hydra.run.dir={run_dir}")
     proc = run_eval(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={eval_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = json.loads((run_dir / "metrics.json").read_text())
@@ -39,6 +40,18 @@ def test_eval_reproduces_the_run_and_sweeps_gamma(tmp_path):
         assert float(curve[0]["gzsl/U"]) <= float(curve[-1]["gzsl/U"])  # larger γ: more unseen predictions
     assert (eval_dir / "calibration_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "calibrated stacking" in proc.stdout
+
+    # A γ chosen elsewhere (a validation run) applied to this checkpoint: the reported numbers are
+    # the sweep's at that γ.
+    shifted_dir = tmp_path / "shifted"
+    proc = run_eval(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "calibration_gamma={softmax:0.7,nb:0.1}",
+                    "calibration.gammas=[0,0.1,0.7]", f"hydra.run.dir={shifted_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shifted = json.loads((shifted_dir / "metrics.json").read_text())
+    rows = list(csv.DictReader((shifted_dir / "calibration.csv").open()))
+    for classifier, gamma in (("softmax", 0.7), ("nb", 0.1)):
+        row = next(r for r in rows if r["classifier"] == classifier and float(r["gamma"]) == gamma)
+        assert shifted[f"{classifier}/gzsl/H"] == pytest.approx(float(row["gzsl/H"]))
 
     other = run_eval(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "dataset=toy", f"hydra.run.dir={eval_dir}")
     assert other.returncode == 2 and "the checkpoint was trained for 9 classes" in other.stderr

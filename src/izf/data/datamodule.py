@@ -20,7 +20,7 @@ from izf.errors import ConfigError, DatasetError
 
 SOURCES = ("xlsa17", "synthetic", "toy", "stand_in")
 EVALUATION_SPLITS = ("test", "validation")
-SCALINGS = ("minmax", "none")
+SCALINGS = ("minmax", "standard", "none")
 
 
 def minmax_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +33,9 @@ def minmax_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def scale(name: str, fit_on: np.ndarray, apply_to: np.ndarray) -> np.ndarray:
     if name == "none":  # a private float32 copy (the input may be a read-only memory map)
         return np.array(apply_to, dtype=np.float32)
+    if name == "standard":  # zero mean, unit variance per dimension
+        mean, std = fit_on.mean(axis=0), fit_on.std(axis=0)
+        return ((apply_to - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
     low, span = minmax_fit(fit_on)
     return ((apply_to - low) / span).astype(np.float32)
 
@@ -154,6 +157,13 @@ class ZSLDataModule(L.LightningDataModule):
         """(features, labels) of one split."""
         rows = torch.from_numpy(self.data.splits[name])
         return self.features[rows], self.labels[rows]
+
+    def class_feature_means(self) -> torch.Tensor:
+        """Mean trainval feature of each class (C × D; zeros for classes without trainval images)."""
+        x, y = self.split("trainval")
+        sums = torch.zeros(len(self.semantics), x.shape[1]).index_add_(0, y, x)
+        counts = torch.bincount(y, minlength=len(self.semantics)).clamp_min(1)
+        return sums / counts[:, None]
 
     def train_dataloader(self) -> "ShuffledBatches":
         trainer = self.trainer

@@ -17,7 +17,7 @@ from izf.errors import ConfigError
 from izf.evaluation.calibration import stacking_curve
 from izf.evaluation.pictures import save_figure
 from izf.io import write_csv, write_json
-from izf.training.module import IZF
+from izf.training.module import IZF, check_hyperparameters
 from izf.training.outputs import CLASSIFIERS, METRICS_FILE
 from izf.training.run import results_table
 
@@ -54,16 +54,16 @@ def _check_fit(model: IZF, datamodule: ZSLDataModule) -> None:
                           f"{found[1]} and {found[2]}")
 
 
-def _save_curve_plot(curves: dict[str, list[dict]], chosen_gamma: float, path: Path) -> None:
+def _save_curve_plot(curves: dict[str, list[dict]], chosen_gamma: dict[str, float], path: Path) -> None:
     import matplotlib.pyplot as plt  # the Agg backend: chosen by izf.evaluation.pictures
 
     figure, axes = plt.subplots(figsize=(5.5, 4.5))
     for name, curve in curves.items():
         axes.plot([100 * p["gzsl/U"] for p in curve], [100 * p["gzsl/S"] for p in curve], marker=".", label=name)
-        at = min(curve, key=lambda p: abs(p["gamma"] - chosen_gamma))
+        at = min(curve, key=lambda p: abs(p["gamma"] - chosen_gamma[name]))
         axes.scatter([100 * at["gzsl/U"]], [100 * at["gzsl/S"]], s=60, facecolors="none", edgecolors="black")
     axes.set(xlabel="unseen accuracy U (%)", ylabel="seen accuracy S (%)",
-             title=f"Calibrated stacking: U/S as γ varies (circle: γ={chosen_gamma:g})")
+             title="Calibrated stacking: U/S as γ varies (circle: the configured γ)")
     axes.legend()
     axes.grid(alpha=0.3)
     save_figure(figure, path, dpi=120)
@@ -77,6 +77,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("test")
     _check_fit(model, datamodule)
     model.set_classes(datamodule.semantics, datamodule.seen_classes)
+    if (gamma := cfg.get("calibration_gamma")) is not None:  # e.g. the γ a validation run chose
+        model.hparams.calibration_gamma = OmegaConf.to_container(gamma) if OmegaConf.is_config(gamma) else gamma
+    refit = {key: value for key, value in (cfg.get("softmax") or {}).items() if value is not None}
+    model.hparams.softmax = {**model.hparams.softmax, **refit}
+    check_hyperparameters({"calibration_gamma": model.hparams.calibration_gamma, "softmax": model.hparams.softmax})
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     model.to(device)
@@ -92,7 +97,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     write_csv(output_dir / "calibration.csv", ["classifier", "gamma", "gzsl/U", "gzsl/S", "gzsl/H"],
               ([name, p["gamma"], p["gzsl/U"], p["gzsl/S"], p["gzsl/H"]] for name, curve in curves.items()
                for p in curve))
-    _save_curve_plot(curves, model.hparams.calibration_gamma, output_dir / "calibration_curve.png")
+    _save_curve_plot(curves, {name: model.gamma(name) for name in CLASSIFIERS}, output_dir / "calibration_curve.png")
 
     console = Console()
     console.print(results_table(metrics, f"{ckpt_path.name} on {datamodule.data.name} (%)", model.hparams.classifier))

@@ -17,6 +17,7 @@ from rich.progress import Progress
 from torch import Tensor
 
 from izf.errors import ConfigError, IZFError
+from izf.evaluation.calibration import stacking_curve
 from izf.evaluation.metrics import calibrated_stacking, gzsl_metrics, zsl_metrics
 from izf.model import losses
 from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
@@ -26,6 +27,11 @@ from izf.training.outputs import CLASSIFIERS
 log = logging.getLogger(__name__)
 TEST_SPLITS = ("test_seen", "test_unseen")
 NONFINITE_ACTIONS = ("stop", "skip")
+MMD_BANDWIDTHS = ("median", "fixed")
+LOSS_SCALINGS = ("normalised", "paper")
+# Loss keys added after the first release: older checkpoints and configs get the paper's behaviour.
+LOSS_DEFAULTS = {"scaling": "paper", "mmd_bandwidth": "fixed", "negative_start": 0, "centre": "batch"}
+CENTRES = ("batch", "dataset")
 
 
 def _positive(v) -> bool:
@@ -34,6 +40,10 @@ def _positive(v) -> bool:
 
 def _non_negative(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _count(low: int, high: float = math.inf):
@@ -53,10 +63,16 @@ HYPERPARAMETER_RULES = {
     "loss.mmd_scales": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(map(_positive, v)),
                         "a non-empty list of kernel scales > 0"),
     "loss.negative_margin": (lambda v: v is None or _positive(v), "null or a number > 0"),
+    "loss.negative_start": (_count(0), "an integer ≥ 0 (the step at which the negative term switches on)"),
+    "loss.mmd_bandwidth": (lambda v: v in MMD_BANDWIDTHS, " or ".join(MMD_BANDWIDTHS)),
+    "loss.scaling": (lambda v: v in LOSS_SCALINGS, " or ".join(LOSS_SCALINGS)),
+    "loss.centre": (lambda v: v in CENTRES, " or ".join(CENTRES)),
     "optimizer.lr": (_positive, "a learning rate > 0"),
     "optimizer.weight_decay": (_non_negative, "a number ≥ 0"),
     "jitter": (_non_negative, "a number ≥ 0"),
-    "calibration_gamma": (lambda v: isinstance(v, (int, float)) and math.isfinite(v), "a finite number"),
+    "calibration_gamma": (lambda v: all(_finite(g) for g in (v.values() if isinstance(v, dict) else [v]))
+                          and (not isinstance(v, dict) or set(v) <= set(CLASSIFIERS)),
+                          f"a finite number, or one per classifier ({', '.join(CLASSIFIERS)})"),
     "softmax.n_gen": (_count(1), "an integer ≥ 1"),
     "softmax.epochs": (_count(1), "an integer ≥ 1"),
     "softmax.lr": (_positive, "a learning rate > 0"),
@@ -64,6 +80,7 @@ HYPERPARAMETER_RULES = {
     "softmax.weight_decay": (_non_negative, "a number ≥ 0"),
     "softmax.generation_batch": (_count(1), "an integer ≥ 1"),
     "softmax.seed": (_count(0), "an integer ≥ 0"),
+    "softmax.balanced": (lambda v: isinstance(v, bool), "true or false"),
     "nonfinite.action": (lambda v: v in NONFINITE_ACTIONS, " or ".join(NONFINITE_ACTIONS)),
     "nonfinite.lr_factor": (lambda v: _positive(v) and v < 1, "a factor in (0, 1)"),
     "nonfinite.max_skips": (_count(0), "an integer ≥ 0"),
@@ -106,10 +123,13 @@ class IZF(L.LightningModule):
 
     def __init__(self, num_classes: int, feature_dim: int, semantic_dim: int, flow: dict[str, Any],
                  loss: dict[str, Any], optimizer: dict[str, Any], softmax: dict[str, Any],
-                 classifier: str = "softmax", calibration_gamma: float = 0.0, jitter: float = 0.008,
-                 compile: bool = False, nonfinite: dict[str, Any] | None = None):
+                 classifier: str = "softmax", calibration_gamma: float | dict[str, float] = 0.0,
+                 jitter: float = 0.008,
+                 compile: bool = False, nonfinite: dict[str, Any] | None = None,
+                 log_term_gradients: bool = True):
         super().__init__()
         nonfinite = {"action": "stop", "lr_factor": 0.5, "max_skips": 10, **(nonfinite or {})}
+        loss = {**LOSS_DEFAULTS, **loss}
         check_hyperparameters({"flow": flow, "loss": loss, "optimizer": optimizer, "softmax": softmax,
                                "jitter": jitter, "calibration_gamma": calibration_gamma, "nonfinite": nonfinite})
         if classifier not in CLASSIFIERS:
@@ -118,24 +138,29 @@ class IZF(L.LightningModule):
             raise ConfigError(f"the semantic dim ({semantic_dim}) must be smaller than the feature dim "
                               f"({feature_dim}): f(x) = [ĉ (d_c dims); ẑ (D − d_c dims)]")
         self.save_hyperparameters()
-        self.hparams.nonfinite = nonfinite
+        self.hparams.nonfinite, self.hparams.loss = nonfinite, loss
         self.flow = InvertibleFlow(feature_dim, **flow)
         self.skipped_steps = 0
         # Class information travels with the checkpoint, so a reloaded model predicts on its own.
         self.register_buffer("class_semantics", torch.zeros(num_classes, semantic_dim))
         self.register_buffer("seen_mask", torch.zeros(num_classes, dtype=torch.bool))
+        self.register_buffer("feature_means", torch.zeros(num_classes, feature_dim), persistent=False)
 
     # ---- class information -------------------------------------------------------------------
-    def set_classes(self, semantics: Tensor, seen_classes: Tensor) -> None:
+    def set_classes(self, semantics: Tensor, seen_classes: Tensor, feature_means: Tensor | None = None) -> None:
+        """The class semantics, which classes are seen, and (for loss.centre=dataset) the mean
+        training feature of each seen class."""
         self.class_semantics.copy_(semantics)
         self.seen_mask.zero_()
         self.seen_mask[seen_classes] = True
+        if feature_means is not None:
+            self.feature_means.copy_(feature_means)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             datamodule.setup(stage)
-            self.set_classes(datamodule.semantics, datamodule.seen_classes)
+            self.set_classes(datamodule.semantics, datamodule.seen_classes, datamodule.class_feature_means())
 
     def _class_sets(self) -> tuple[Tensor, Tensor]:
         """(seen, unseen) class indices. nonzero() waits for the device, so they are computed once
@@ -182,22 +207,27 @@ class IZF(L.LightningModule):
             terms["semantic"] = w["semantic"] * losses.semantic_loss(c_hat, self.class_semantics[y])
         seen, unseen = self._class_sets()
         latents = []
-        if w["negative"] > 0:
+        negative = w["negative"] > 0 and self.global_step >= w["negative_start"]
+        if negative:
             latents.append(self.latent(unseen[torch.randint(len(unseen), (len(x),), device=x.device)]))
         if w["centralising"] > 0:
             # Prototypes of every seen class, masked to those in the batch: a fixed size, so no
             # wait for the device; where seen classes outnumber the batch (SUN), only those present.
             classes = seen if len(seen) <= len(x) else torch.unique(y)
-            means, present = losses.class_means(x, y, classes)
+            if w["centre"] == "batch":
+                means, present = losses.class_means(x, y, classes)
+            else:  # whole-training-set means (plus the jitter's mean): no sampling noise in the target
+                means, present = self.feature_means[classes] + self.hparams.jitter / 2, None
             latents.append(self.latent(classes, noise=False))
         if latents:  # one batched reverse pass for the unseen samples and the prototypes
             generated = self.flow.inverse(torch.cat(latents))
-            if w["negative"] > 0:
+            if negative:
                 x_unseen, generated = generated[: len(x)], generated[len(x):]
                 terms["negative"] = w["negative"] * losses.negative_sample_loss(
-                    x, x_unseen, w["mmd_scales"], w["mmd_unbiased"], w["negative_margin"])
+                    x, x_unseen, w["mmd_scales"], w["mmd_unbiased"], w["negative_margin"], w["mmd_bandwidth"])
             if w["centralising"] > 0:
-                terms["centralising"] = w["centralising"] * losses.centralising_loss(generated, means, present)
+                terms["centralising"] = w["centralising"] * losses.centralising_loss(
+                    generated, means, present, normalised=w["scaling"] == "normalised")
         return terms
 
     @property
@@ -216,8 +246,26 @@ class IZF(L.LightningModule):
         # never waits for the device (a prog_bar entry would read them every step).
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False)
         self.log("train/loss", total.detach(), on_step=True, on_epoch=False)
+        if self._logs_this_step():
+            self.log_dict(self.term_gradient_norms(terms), on_step=True, on_epoch=False)
         self._step_terms = terms
         return total
+
+    def _logs_this_step(self) -> bool:
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 0
+        return bool(self.hparams.log_term_gradients and every and self.global_step % every == 0)
+
+    def term_gradient_norms(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """‖∂(weighted term)/∂θ‖ for each loss term: which term drives the update (the total
+        gradient is clipped, so one term on a larger scale silences the others). One extra
+        backward pass per term, on logging steps only."""
+        params = [p for p in self.flow.parameters() if p.requires_grad]
+        norms = {}
+        for name, term in terms.items():
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            norms[f"grad_norm/{name}"] = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
+        return norms
 
     # ---- divergence: NaN/inf never reaches the weights ------------------------------------------
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -283,7 +331,7 @@ class IZF(L.LightningModule):
         unseen only over the unseen classes."""
         cfg = self.hparams.softmax
         unseen = self.unseen_classes
-        fit = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "weight_decay")}
+        fit = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "weight_decay")} | {"balanced": cfg.get("balanced", False)}
         all_classes = torch.arange(self.hparams.num_classes, device=self.device)
         # Lightning evaluates under inference_mode; this is a small training run of its own.
         with torch.inference_mode(False), torch.enable_grad(), \
@@ -315,6 +363,11 @@ class IZF(L.LightningModule):
         return {"nb/gzsl": nb, "nb/zsl": nb,
                 "softmax/gzsl": self._softmax["gzsl"](x), "softmax/zsl": self._softmax["zsl"](x)}
 
+    def gamma(self, classifier: str) -> float:
+        """The calibrated-stacking γ of one classifier (each has its own score scale)."""
+        gamma = self.hparams.calibration_gamma
+        return float(gamma.get(classifier, 0.0) if isinstance(gamma, dict) else gamma)
+
     def protocol_metrics(self, seen_scores: dict[str, Tensor], y_seen: Tensor,
                          unseen_scores: dict[str, Tensor], y_unseen: Tensor) -> dict[str, float]:
         """ZSL T1 and GZSL U, S, H of both classifiers ("nb/...", "softmax/..."), and unprefixed
@@ -325,7 +378,7 @@ class IZF(L.LightningModule):
                 unseen_scores[f"{name}/zsl"], y_unseen, self.unseen_classes).items()}
             metrics |= {f"{name}/{k}": v for k, v in gzsl_metrics(
                 seen_scores[f"{name}/gzsl"], y_seen, unseen_scores[f"{name}/gzsl"], y_unseen,
-                self.seen_classes, self.unseen_classes, self.hparams.calibration_gamma).items()}
+                self.seen_classes, self.unseen_classes, self.gamma(name)).items()}
         chosen = self.hparams.classifier
         return metrics | {k[len(chosen) + 1:]: v for k, v in metrics.items() if k.startswith(chosen + "/")}
 
@@ -351,8 +404,15 @@ class IZF(L.LightningModule):
         training): the metrics of both classifiers. Keeps the reported classifier's GZSL
         predictions in `test_predictions` for per-class tables and pictures."""
         seen_scores, y_seen, unseen_scores, y_unseen = self.test_scores(datamodule)
-        key, gamma = f"{self.hparams.classifier}/gzsl", self.hparams.calibration_gamma
+        key, gamma = f"{self.hparams.classifier}/gzsl", self.gamma(self.hparams.classifier)
         self.test_predictions = {split: (calibrated_stacking(scores[key], self.seen_mask, gamma).argmax(1), y)
                                  for split, scores, y in (("test_seen", seen_scores, y_seen),
                                                           ("test_unseen", unseen_scores, y_unseen))}
-        return self.protocol_metrics(seen_scores, y_seen, unseen_scores, y_unseen)
+        metrics = self.protocol_metrics(seen_scores, y_seen, unseen_scores, y_unseen)
+        if datamodule.hparams.split == "validation":  # choose γ here, never on test data
+            for name in CLASSIFIERS:
+                curve = stacking_curve(seen_scores[f"{name}/gzsl"], y_seen, unseen_scores[f"{name}/gzsl"], y_unseen,
+                                       self.seen_classes, self.unseen_classes)
+                best = max(curve, key=lambda point: point["gzsl/H"])
+                metrics |= {f"{name}/best_gamma": best["gamma"], f"{name}/best_gamma/gzsl/H": best["gzsl/H"]}
+        return metrics

@@ -129,7 +129,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_json(output_dir / METRICS_FILE, metrics)
     task = ("validation task: seen classes only, no test data" if datamodule.hparams.split == "validation"
             else "test splits")
-    Console().print(results_table(metrics, f"IZF on {datamodule.data.name}, {task} (%)", cfg.model.classifier))
+    console = Console()
+    console.print(results_table(metrics, f"IZF on {datamodule.data.name}, {task} (%)", cfg.model.classifier))
+    for name in CLASSIFIERS:
+        if f"{name}/best_gamma" in metrics:
+            console.print(f"{name}: calibrated stacking at γ={metrics[f'{name}/best_gamma']:.3g} gives validation H "
+                          f"{100 * metrics[f'{name}/best_gamma/gzsl/H']:.2f} (γ={model.gamma(name):g} gave "
+                          f"{100 * metrics[f'{name}/gzsl/H']:.2f}); to use it: model.calibration_gamma.{name}=<γ>")
     log.info("metrics written to %s", output_dir / METRICS_FILE)
     return metrics
 
