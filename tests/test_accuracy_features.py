@@ -22,7 +22,7 @@ def config(*overrides):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("schedule, steps, hidden", [("paper", 11000, 1024), ("cpu", 900, 256)])
+@pytest.mark.parametrize("schedule, steps, hidden", [("paper", 11000, 1024), ("cpu", 600, 256)])
 def test_schedules_set_length_and_width_and_apy_keeps_its_five_blocks(schedule, steps, hidden):
     cfg = config("dataset=awa2", f"schedule={schedule}")
     assert (cfg.trainer.max_steps, cfg.model.flow.hidden) == (steps, hidden)
@@ -41,8 +41,8 @@ def test_paper_model_is_the_literal_loss_and_default_is_normalised():
     assert paper.loss.negative_margin is None and dict(paper.calibration_gamma) == {"softmax": 0.0, "nb": 0.0}
     default = config("dataset=awa2").model
     assert default.loss.scaling == "normalised" and default.loss.centre == "dataset"
-    assert default.softmax.balanced and not paper.softmax.balanced
-    paper.softmax.balanced = True
+    assert default.softmax.balanced and not paper.softmax.balanced and paper.softmax.temperature == 1.0
+    paper.softmax.balanced, paper.softmax.temperature = True, default.softmax.temperature
     assert paper.flow == default.flow and paper.softmax == default.softmax  # the rest is shared
 
 
@@ -75,7 +75,7 @@ def test_dataset_centre_uses_whole_training_set_means(datamodule):
     x, y = next(iter(datamodule.train_dataloader()))
     model = make(datamodule, centre="dataset")
     with torch.no_grad():
-        prototypes = model.flow.inverse(model.latent(model.seen_classes, noise=False))
+        prototypes = model.flow.inverse(model.latent(model.seen_classes, temperature=0.0))
         targets = model.feature_means[model.seen_classes] + model.hparams.jitter / 2
         expected = ((prototypes - targets).norm(dim=1) / 12 ** 0.5).mean()
         assert model.loss_terms(x, y)["centralising"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -93,6 +93,23 @@ def test_negative_term_switches_on_at_its_start_step(datamodule):
     trainer.fit(model, datamodule=datamodule)
     assert model.global_step == 5 and "negative" in model.loss_terms(x, y)
 
+
+
+def test_sampling_temperature_scales_the_noise_and_zero_gives_the_prototypes(datamodule):
+    model = make(datamodule)
+    classes = model.unseen_classes[:1].repeat(4000)  # one class: its samples differ only by z
+    torch.manual_seed(0)
+    for temperature in (0.25, 1.0):
+        z = model.latent(classes, temperature)[:, 4:]
+        assert z.std().item() == pytest.approx(temperature, rel=0.02)
+    assert not model.latent(classes, 0.0)[:, 4:].any()
+    with torch.no_grad():
+        spread = {t: model.generate(classes, t).std(0).mean().item() for t in (0.0, 0.25, 1.0)}
+        assert torch.equal(model.generate(classes[:3], 0.0), model.flow.inverse(model.latent(classes[:3], 0.0)))
+    assert spread[0.0] == 0.0 < spread[0.25] < spread[1.0]
+    with pytest.raises(ConfigError, match="softmax.temperature"):
+        IZF(num_classes=len(datamodule.semantics), feature_dim=12, semantic_dim=4, flow={}, loss={},
+            optimizer={"lr": 1e-3}, softmax={**SOFTMAX, "temperature": -0.5})
 
 @pytest.mark.parametrize("bad", [{"softmax": float("nan")}, {"svm": 1.0}, "high"])
 def test_calibration_gamma_must_be_finite_numbers_per_classifier(datamodule, bad):

@@ -17,6 +17,7 @@ def _job(root, number, overrides, metrics=None, failure=None, dataset="AWA2", sp
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": dataset, "split": split}}))
     if metrics is not None:
         full = {f"{c}/{k}": v for c in ("nb", "softmax") for k, v in metrics.items()}
+        full["time/wall_s"] = 60.0 * (number + 1)  # job n took n + 1 minutes
         (folder / "metrics.json").write_text(json.dumps(full))
     if failure is not None:
         (folder / "error.txt").write_text(f"{failure}\n\nTraceback ...")
@@ -47,6 +48,7 @@ def test_groups_by_swept_keys_and_averages_over_seeds(sweep):
     assert fast["runs"] == 3 and fast["failed"] == 0
     assert fast["gzsl/H"] == "60.00 ± 10.00"  # sample std of 50, 60, 70
     assert fast["zsl/T1"] == "50.00 ± 0.00"
+    assert fast["wall min"] == "2.0"  # jobs 0, 1, 2: 1, 2 and 3 minutes
     slow = by_group[("dataset=AWA2, task=test, model.optimizer.lr=5e-4", "nb")]
     assert slow["runs"] == 2 and slow["failed"] == 2 and slow["gzsl/H"] == "30.00 ± 14.14"
     assert sorted(job.failure.split(":")[0] for job in failed) == ["model.optimizer.lr", "no metrics.json"]

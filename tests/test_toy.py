@@ -15,7 +15,7 @@ from tests.conftest import REPO
 SEEDS = (0, 1, 2, 3)
 
 
-def generated_unseen_distance(negative: float, seed: int, steps: int = 800) -> tuple[float, float]:
+def generated_unseen_distance(negative: float, seed: int, steps: int = 400) -> tuple[float, float]:
     """Mean distance of generated unseen samples to the unseen blob, and their MMD² to the seen data."""
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["dataset=toy", f"model.loss.negative={negative}", f"seed={seed}"])

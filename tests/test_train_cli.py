@@ -32,6 +32,7 @@ def _check_metrics(run_dir: Path) -> dict:
     for prefix in ("", "nb/", "softmax/"):
         for key in ("zsl/T1", "gzsl/U", "gzsl/S", "gzsl/H"):
             assert 0.0 <= metrics[prefix + key] <= 1.0
+    assert metrics["time/wall_s"] > 0  # time to accuracy is part of the result
     u, s = metrics["gzsl/U"], metrics["gzsl/S"]
     assert metrics["gzsl/H"] == pytest.approx(0 if u + s == 0 else 2 * u * s / (u + s))
     assert metrics["gzsl/H"] == metrics["softmax/gzsl/H"]  # model.classifier defaults to softmax

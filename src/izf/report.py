@@ -2,8 +2,9 @@
 
 Collects every job's metrics.json and its overrides, groups the jobs by dataset, evaluation task and
 every swept key except the seed, and gives per classifier ZSL T1 and GZSL U/S/H as mean ± sample
-std over the seeds, with the number of runs. Jobs that failed (error.txt) or never finished are
-listed with their reason. Prints the table and writes report.md and report.csv beside the jobs.
+std over the seeds, with the number of runs and their mean wall time. Jobs that failed (error.txt)
+or never finished are listed with their reason. Prints the table and writes report.md and
+report.csv beside the jobs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from izf.io import atomic_path, write_csv
-from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE
+from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY
 
 SEED_KEYS = ("seed",)
 
@@ -87,6 +88,8 @@ def summarise(group: Group, classifier: str) -> dict[str, str | int]:
             row[column] = f"{values[0]:.2f}"
         else:
             row[column] = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    minutes = [m[WALL_TIME_KEY] / 60 for m in done if WALL_TIME_KEY in m]
+    row["wall min"] = f"{statistics.mean(minutes):.1f}" if minutes else "—"
     return row
 
 

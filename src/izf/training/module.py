@@ -81,6 +81,7 @@ HYPERPARAMETER_RULES = {
     "softmax.generation_batch": (_count(1), "an integer ≥ 1"),
     "softmax.seed": (_count(0), "an integer ≥ 0"),
     "softmax.balanced": (lambda v: isinstance(v, bool), "true or false"),
+    "softmax.temperature": (_non_negative, "a number ≥ 0 (1: z ~ N(0, I) as trained; 0: the class prototypes)"),
     "nonfinite.action": (lambda v: v in NONFINITE_ACTIONS, " or ".join(NONFINITE_ACTIONS)),
     "nonfinite.lr_factor": (lambda v: _positive(v) and v < 1, "a factor in (0, 1)"),
     "nonfinite.max_skips": (_count(0), "an integer ≥ 0"),
@@ -186,16 +187,18 @@ class IZF(L.LightningModule):
         d_c = self.hparams.semantic_dim
         return out[:, :d_c], out[:, d_c:], log_det
 
-    def latent(self, classes: Tensor, noise: bool = True) -> Tensor:
-        """[c_y ; z] with z ~ N(0, I), or z = 0 for class prototypes."""
+    def latent(self, classes: Tensor, temperature: float = 1.0) -> Tensor:
+        """[c_y ; z] with z ~ N(0, temperature² I); temperature 0 gives the class prototypes (z = 0)."""
         c = self.class_semantics[classes]
         z_dim = self.hparams.feature_dim - self.hparams.semantic_dim
-        z = (torch.randn if noise else torch.zeros)(len(classes), z_dim, device=c.device, dtype=c.dtype)
+        z = c.new_zeros(len(classes), z_dim)
+        if temperature:
+            z = torch.randn_like(z) * temperature
         return torch.cat([c, z], dim=1)
 
-    def generate(self, classes: Tensor) -> Tensor:
+    def generate(self, classes: Tensor, temperature: float = 1.0) -> Tensor:
         """x̂ = f⁻¹([c_y ; z]), one sample per entry of `classes`."""
-        return self.flow.inverse(self.latent(classes))
+        return self.flow.inverse(self.latent(classes, temperature))
 
     # ---- training -----------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -218,7 +221,7 @@ class IZF(L.LightningModule):
                 means, present = losses.class_means(x, y, classes)
             else:  # whole-training-set means (plus the jitter's mean): no sampling noise in the target
                 means, present = self.feature_means[classes] + self.hparams.jitter / 2, None
-            latents.append(self.latent(classes, noise=False))
+            latents.append(self.latent(classes, temperature=0.0))
         if latents:  # one batched reverse pass for the unseen samples and the prototypes
             generated = self.flow.inverse(torch.cat(latents))
             if negative:
@@ -338,7 +341,8 @@ class IZF(L.LightningModule):
                 progress_task(self._trainer, "softmax classifiers", 2 * cfg["epochs"]) as advance:
             y_gen = unseen.clone().repeat_interleave(cfg["n_gen"])
             with torch.no_grad():
-                x_gen = torch.cat([self.generate(rows) for rows in y_gen.split(cfg["generation_batch"])])
+                x_gen = torch.cat([self.generate(rows, cfg.get("temperature", 1.0))
+                                   for rows in y_gen.split(cfg["generation_batch"])])
             x_seen, y_seen = x_seen.clone(), y_seen.clone()
             return {
                 "gzsl": SoftmaxClassifier(self.hparams.feature_dim, all_classes.clone(), self.hparams.num_classes)

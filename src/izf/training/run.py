@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -29,7 +30,7 @@ from izf.io import atomic_path, write_json
 from izf.training.checkpoints import SaveOnSigterm, check_checkpoint
 from izf.training.loggers import instantiate_loggers, save_pictures
 from izf.training.module import IZF
-from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE
+from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing for users to act on.
@@ -83,6 +84,7 @@ def _resume_from(cfg: DictConfig, model: IZF, output_dir: Path) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    started = time.perf_counter()  # time to accuracy is part of the result: metrics.json keeps it
     output_dir = Path(cfg.paths.output_dir)
     log.info("run directory: %s", output_dir)
     if not (isinstance(cfg.trainer.max_steps, int) and cfg.trainer.max_steps >= 1):
@@ -118,6 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return {}
     # Evaluation uses the final weights of the fixed schedule (no selection on test data).
     metrics = model.evaluate(datamodule)
+    metrics[WALL_TIME_KEY] = time.perf_counter() - started  # this process: a resumed run counts its own part
     for logger in loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
     save_pictures(model, datamodule, output_dir, loggers)
