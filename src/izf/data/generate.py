@@ -10,7 +10,8 @@ import scipy.io
 
 from izf.data.dataset import ZSLData
 
-# Published sizes of the xlsa17 benchmarks (docs/DATA.md), used to generate stand-ins.
+# Published sizes of the xlsa17 benchmarks (as in each conf/dataset/<name>.yaml `expect`), used to
+# generate stand-ins.
 BENCHMARKS = {
     "AWA1": {"images": 30475, "seen": 40, "unseen": 10, "semantic_dim": 85, "splits": (19832, 4958, 5685)},
     "AWA2": {"images": 37322, "seen": 40, "unseen": 10, "semantic_dim": 85, "splits": (23527, 5882, 7913)},
@@ -98,7 +99,7 @@ def toy(per_class: int = 200, test_fraction: float = 0.2, seed: int = 0) -> ZSLD
 def resnet_like_features(semantics: np.ndarray, labels: np.ndarray, feature_dim: int,
                          rng: np.random.Generator, class_effect: float = 0.4, shape: float = 0.5,
                          chunk: int = 4096) -> np.ndarray:
-    """Features with the statistics of xlsa17's ResNet-101 ones (docs/DATA.md): non-negative,
+    """Features with the statistics of xlsa17's ResNet-101 ones (README, "No data yet?"): non-negative,
     per-dimension means log-normal around 0.42 (≈0.05–2.5), std ≈ 0.6, a few % near zero.
 
     Dimension d of class y has mean m_d·r_yd, where r = 1 + class_effect·(h − 1) and h is a

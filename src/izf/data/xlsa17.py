@@ -1,4 +1,4 @@
-"""Reading and writing the xlsa17 format (Xian et al., "proposed splits"; see docs/DATA.md).
+"""Reading and writing the xlsa17 format (Xian et al., "proposed splits"; see README, "Getting the data").
 
 A dataset folder holds `res101.mat` (features 2048×N, labels N×1, 1-based) and `att_splits.mat`
 (att d_c×C, and 1-based image indices trainval_loc / test_seen_loc / test_unseen_loc, optionally
