@@ -17,6 +17,7 @@ from izf.data.dataset import ZSLData
 from izf.data.splits import validation_split
 from izf.data.xlsa17 import load_xlsa17
 from izf.errors import ConfigError, DatasetError
+from izf.model.losses import class_means
 
 SOURCES = ("xlsa17", "synthetic", "toy", "stand_in")
 EVALUATION_SPLITS = ("test", "validation")
@@ -161,9 +162,7 @@ class ZSLDataModule(L.LightningDataModule):
     def class_feature_means(self) -> torch.Tensor:
         """Mean trainval feature of each class (C × D; zeros for classes without trainval images)."""
         x, y = self.split("trainval")
-        sums = torch.zeros(len(self.semantics), x.shape[1]).index_add_(0, y, x)
-        counts = torch.bincount(y, minlength=len(self.semantics)).clamp_min(1)
-        return sums / counts[:, None]
+        return class_means(x, y, torch.arange(len(self.semantics)))[0]  # the centralising term's own helper
 
     def train_dataloader(self) -> "ShuffledBatches":
         trainer = self.trainer
