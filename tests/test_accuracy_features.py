@@ -42,7 +42,9 @@ def test_paper_model_is_the_literal_loss_and_default_is_normalised():
     default = config("dataset=awa2").model
     assert default.loss.scaling == "normalised" and default.loss.centre == "dataset"
     assert default.softmax.balanced and not paper.softmax.balanced and paper.softmax.temperature == 1.0
+    assert default.flow.actnorm and not paper.flow.actnorm  # the paper's blocks have no ActNorm
     paper.softmax.balanced, paper.softmax.temperature = True, default.softmax.temperature
+    paper.flow.actnorm = True
     assert paper.flow == default.flow and paper.softmax == default.softmax  # the rest is shared
 
 

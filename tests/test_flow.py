@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from izf.model.flow import DoubleAffineCoupling, InvertibleFlow, Permutation, soft_clamp
+from izf.model.flow import ActNorm, DoubleAffineCoupling, InvertibleFlow, Permutation, soft_clamp
 
 
 def _flow(dim, blocks=3, hidden=16, init_std=0.3):
@@ -113,3 +113,20 @@ def test_actnorm_state_is_saved_and_unknown_mixing_is_refused():
     assert bool(fresh.layers[0].initialised) and torch.equal(fresh.layers[0].bias, flow.layers[0].bias)
     with pytest.raises(ValueError, match="mixing must be one of"):
         InvertibleFlow(4, blocks=1, hidden=4, mixing="shuffle")
+
+
+def test_actnorm_initialised_from_a_sample_standardises_each_block_input_once():
+    flow = InvertibleFlow(6, blocks=3, hidden=8, init_std=0.3, actnorm=True).double()
+    sample = torch.rand(200, 6, dtype=torch.float64) * 5 + 2
+    flow.initialise_actnorm(sample)
+    h = sample
+    for layer in flow.layers:
+        if isinstance(layer, ActNorm):  # what reaches it, standardised
+            out = layer(h)[0]
+            assert torch.allclose(out.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-10)
+            assert torch.allclose(out.std(0), torch.ones(6, dtype=torch.float64), atol=1e-10)
+        h, _ = layer(h)
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    flow.train()(torch.randn(16, 6, dtype=torch.float64))  # a first training batch no longer re-initialises
+    flow.initialise_actnorm(torch.randn(16, 6, dtype=torch.float64))  # nor does a second sample
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())

@@ -111,3 +111,19 @@ def test_compiled_loss_terms_match_eager(datamodule):
     assert set(eager) == set(compiled)
     for term in eager:
         assert torch.allclose(eager[term], compiled[term], rtol=1e-4, atol=1e-6), term
+
+
+def test_actnorm_is_initialised_from_the_training_set_the_same_way_in_every_process(datamodule):
+    # DDP processes each see a different first batch; the setup-time sample is the same for all.
+    def fitted_actnorm(rng_seed):
+        model = IZF(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
+                    semantic_dim=datamodule.semantics.shape[1], flow={"blocks": 2, "hidden": 16, "actnorm": True},
+                    loss=LOSS, optimizer={"lr": 1e-3}, softmax=SOFTMAX)
+        torch.manual_seed(rng_seed)  # what differs between processes
+        model._trainer = mock.Mock(datamodule=datamodule)
+        model.setup("fit")
+        return model.flow.layers[0]
+    first, other = fitted_actnorm(0), fitted_actnorm(1)
+    assert bool(first.initialised) and torch.equal(first.bias, other.bias) and torch.equal(first.log_scale, other.log_scale)
+    x, _ = datamodule.split("trainval")
+    assert torch.allclose(first(x)[0].mean(0), torch.zeros(x.shape[1]), atol=0.2)  # ≈ standardised

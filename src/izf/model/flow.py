@@ -72,8 +72,9 @@ class LUMixing(nn.Module):
 
 
 class ActNorm(nn.Module):
-    """Per-dimension affine y = (x + bias)·exp(log_scale), initialised from the first training
-    batch so that its output has zero mean and unit variance (GLOW). log|det| = Σ log_scale."""
+    """Per-dimension affine y = (x + bias)·exp(log_scale), initialised from data so that its output
+    has zero mean and unit variance (GLOW): from InvertibleFlow.initialise_actnorm's sample, or
+    else from the first training batch. log|det| = Σ log_scale."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -81,12 +82,15 @@ class ActNorm(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(dim))
         self.register_buffer("initialised", torch.tensor(False))
 
+    @torch.no_grad()
+    def initialise(self, x: Tensor) -> None:
+        self.bias.copy_(-x.mean(0))
+        self.log_scale.copy_(-x.std(0).clamp_min(1e-6).log())
+        self.initialised.fill_(True)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.training and not self.initialised:
-            with torch.no_grad():
-                self.bias.copy_(-x.mean(0))
-                self.log_scale.copy_(-x.std(0).clamp_min(1e-6).log())
-                self.initialised.fill_(True)
+            self.initialise(x)
         return (x + self.bias) * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
 
     def inverse(self, y: Tensor) -> Tensor:
@@ -163,6 +167,14 @@ class InvertibleFlow(nn.Module):
             layers += ([ActNorm(dim)] if actnorm else []) + [mix, coupling]
         self.layers = nn.ModuleList(layers)
         self.dim = dim
+
+    @torch.no_grad()
+    def initialise_actnorm(self, x: Tensor) -> None:
+        """Initialise every ActNorm not yet initialised from the sample x, each from what reaches it."""
+        for layer in self.layers:
+            if isinstance(layer, ActNorm) and not layer.initialised:
+                layer.initialise(x)
+            x, _ = layer(x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return f(x) and log|det ∂f/∂x| per sample."""

@@ -32,6 +32,7 @@ LOSS_SCALINGS = ("normalised", "paper")
 # Loss keys added after the first release: older checkpoints and configs get the paper's behaviour.
 LOSS_DEFAULTS = {"scaling": "paper", "mmd_bandwidth": "fixed", "negative_start": 0, "centre": "batch"}
 CENTRES = ("batch", "dataset")
+ACTNORM_SAMPLE = 1024  # training images that initialise ActNorm (per-dimension mean and std)
 
 
 def _positive(v) -> bool:
@@ -162,6 +163,12 @@ class IZF(L.LightningModule):
         if datamodule is not None:
             datamodule.setup(stage)
             self.set_classes(datamodule.semantics, datamodule.seen_classes, datamodule.class_feature_means())
+            if stage == "fit" and self.hparams.flow.get("actnorm"):
+                # From a fixed random sample of the training set rather than each process's first
+                # batch: the same on every DDP process (set before the model is wrapped).
+                x, _ = datamodule.split("trainval")
+                rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:ACTNORM_SAMPLE]
+                self.flow.initialise_actnorm(x[rows].to(self.device))
 
     def _class_sets(self) -> tuple[Tensor, Tensor]:
         """(seen, unseen) class indices. nonzero() waits for the device, so they are computed once

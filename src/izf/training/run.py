@@ -90,9 +90,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not (isinstance(cfg.trainer.max_steps, int) and cfg.trainer.max_steps >= 1):
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: expected an integer ≥ 1 (the flow's training "
                           "length; the paper's is 11000)")
-    if _multi_process(cfg) and cfg.model.flow.actnorm:
-        raise ConfigError("model.flow.actnorm=true with several processes: each would initialise ActNorm from its "
-                          "own first batch; train it on one device")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     datamodule, model = build(cfg)
