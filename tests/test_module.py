@@ -15,9 +15,9 @@ SOFTMAX = {"n_gen": 40, "epochs": 3, "lr": 1e-3, "batch_size": 64, "weight_decay
 SMALL_DATA = {"seen": 5, "unseen": 3, "semantic_dim": 4, "feature_dim": 12, "per_class": 30}
 
 
-def make(datamodule, **loss):
+def make(datamodule, flow=None, **loss):
     model = IZF(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
-                semantic_dim=datamodule.semantics.shape[1], flow={"blocks": 2, "hidden": 16},
+                semantic_dim=datamodule.semantics.shape[1], flow={"blocks": 2, "hidden": 16, **(flow or {})},
                 loss={**LOSS, **loss}, optimizer={"lr": 1e-3}, softmax=SOFTMAX)
     model.set_classes(datamodule.semantics, datamodule.seen_classes)
     return model
@@ -116,9 +116,7 @@ def test_compiled_loss_terms_match_eager(datamodule):
 def test_actnorm_is_initialised_from_the_training_set_the_same_way_in_every_process(datamodule):
     # DDP processes each see a different first batch; the setup-time sample is the same for all.
     def fitted_actnorm(rng_seed):
-        model = IZF(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
-                    semantic_dim=datamodule.semantics.shape[1], flow={"blocks": 2, "hidden": 16, "actnorm": True},
-                    loss=LOSS, optimizer={"lr": 1e-3}, softmax=SOFTMAX)
+        model = make(datamodule, flow={"actnorm": True})
         torch.manual_seed(rng_seed)  # what differs between processes
         model._trainer = mock.Mock(datamodule=datamodule)
         model.setup("fit")
