@@ -43,7 +43,9 @@ def test_paper_model_is_the_literal_loss_and_default_is_normalised():
     assert default.loss.scaling == "normalised" and default.loss.centre == "dataset"
     assert default.softmax.balanced and not paper.softmax.balanced and paper.softmax.temperature == 1.0
     assert default.flow.actnorm and not paper.flow.actnorm  # the paper's blocks have no ActNorm
+    assert default.softmax.weight_decay > 0 and paper.softmax.weight_decay == 0
     paper.softmax.balanced, paper.softmax.temperature = True, default.softmax.temperature
+    paper.softmax.weight_decay = default.softmax.weight_decay
     paper.flow.actnorm = True
     assert paper.flow == default.flow and paper.softmax == default.softmax  # the rest is shared
 
