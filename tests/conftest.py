@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,26 @@ def xlsa17_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+# Small generated data and a tiny flow: end-to-end runs in seconds.
+SMALL = ["dataset.generator.seen=6", "dataset.generator.unseen=3", "dataset.generator.per_class=40",
+         "dataset.generator.feature_dim=16", "dataset.generator.semantic_dim=6", "dataset.batch_size=64"]
+TINY = [*SMALL, "model.flow.blocks=2", "model.flow.hidden=32", "model.softmax.n_gen=50", "model.softmax.epochs=2",
+        "logger=none", "callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
+
+
+def _run_train(*overrides, check=True):
+    """train.py in a subprocess with these overrides (W&B off); fails the test with its output."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def train_cli():
+    """Runs train.py through the real CLI: train_cli(*overrides, check=True) -> CompletedProcess."""
+    return _run_train

@@ -7,19 +7,19 @@ import csv
 import lightning.pytorch as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+from izf.config import compose
 from izf.data import ZSLDataModule
 from izf.errors import ConfigError
+from izf.evaluation.protocol import gamma_of
+from izf.training.evaluate import evaluate_model
 from izf.training.module import IZF
-from tests.conftest import REPO
 
 SOFTMAX = {"n_gen": 20, "epochs": 2, "lr": 1e-3, "batch_size": 64, "weight_decay": 0.0, "generation_batch": 100}
 
 
 def config(*overrides):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose("train", overrides)
 
 
 @pytest.mark.parametrize("schedule, steps, hidden", [("paper", 11000, 1024), ("cpu", 600, 256)])
@@ -123,10 +123,11 @@ def test_calibration_gamma_must_be_finite_numbers_per_classifier(datamodule, bad
 
 def test_gamma_per_classifier_and_validation_reports_the_best(datamodule):
     model = make(datamodule, calibration_gamma={"softmax": 2.0})
-    assert (model.gamma("softmax"), model.gamma("nb")) == (2.0, 0.0)
-    assert make(datamodule, calibration_gamma=0.5).gamma("nb") == 0.5  # one number: both classifiers
+    gamma = model.hparams.calibration_gamma
+    assert (gamma_of(gamma, "softmax"), gamma_of(gamma, "nb")) == (2.0, 0.0)
+    assert gamma_of(make(datamodule, calibration_gamma=0.5).hparams.calibration_gamma, "nb") == 0.5  # both
 
-    test_metrics = model.evaluate(datamodule)
+    test_metrics = evaluate_model(model, datamodule).metrics
     assert not any("best_gamma" in key for key in test_metrics)  # never chosen on test data
 
     validation = ZSLDataModule(name="synthetic", source="synthetic", split="validation", batch_size=32,
@@ -134,13 +135,14 @@ def test_gamma_per_classifier_and_validation_reports_the_best(datamodule):
                                           "per_class": 30})
     validation.setup()
     model = make(validation)
-    metrics = model.evaluate(validation)
+    metrics = evaluate_model(model, validation).metrics
     for name in ("softmax", "nb"):
         # The best point of the sweep is at least as good as γ = 0 (which the sweep includes).
         assert metrics[f"{name}/best_gamma/gzsl/H"] >= metrics[f"{name}/gzsl/H"]
         shifted = make(validation, calibration_gamma={name: metrics[f"{name}/best_gamma"]})
         shifted.load_state_dict(model.state_dict())
-        assert shifted.evaluate(validation)[f"{name}/gzsl/H"] == pytest.approx(metrics[f"{name}/best_gamma/gzsl/H"])
+        shifted_h = evaluate_model(shifted, validation).metrics[f"{name}/gzsl/H"]
+        assert shifted_h == pytest.approx(metrics[f"{name}/best_gamma/gzsl/H"])
 
 
 def test_term_gradient_norms_are_logged(datamodule, tmp_path):

@@ -1,23 +1,32 @@
-"""Smoke test of the benchmark script: it runs on CPU and prints one valid JSON line."""
+"""Smoke test of the benchmark script: the real config and training step, on CPU, one valid JSON line."""
 
 import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
-def test_bench_runs_and_prints_json():
+def test_bench_runs_the_real_config_and_prints_json():
     proc = subprocess.run(
-        [sys.executable, "-m", "izf.bench", "--shape", "APY", "--feature-dim", "128", "--hidden", "32",
-         "--blocks", "2", "--batch", "32", "--steps", "2", "--warmup", "1", "--n-gen", "5", "--epochs", "1",
-         "--device", "cpu"],
+        [sys.executable, "-m", "izf.bench", "dataset.generator.name=APY", "dataset.generator.feature_dim=128",
+         "model.flow.hidden=32", "model.flow.blocks=2", "dataset.batch_size=32", "model.softmax.n_gen=5",
+         "model.softmax.epochs=1", "model.loss.negative=1.0", "trainer.accelerator=cpu",
+         "--steps", "3", "--warmup", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
     assert len(lines) == 1
     result = json.loads(lines[0].removeprefix("BENCH_JSON "))
-    assert result["shape"] == "APY" and result["device"] == "cpu"
+    # The overrides reached the model and data: the composed config, not settings of its own.
+    assert (result["shape"], result["device"], result["blocks"], result["hidden"]) == ("APY", "cpu", 2, 32)
+    assert (result["feature_dim"], result["batch"]) == (128, 32)
     assert result["steps_per_s"] > 0 and 0 < result["utilisation"]
-    assert {"flow forward", "reverse generation", "MMD", "backward", "clip + optimiser"} <= set(result["phases_ms"])
+    hooks = {"forward + losses", "backward", "clip + checks + optimiser", "batches, logging, hooks"}
+    marks = {"within: flow forward", "within: reverse generation", "within: MMD"}  # profiler marks in the code
+    assert set(result["phases_ms"]) == hooks | marks
+    assert sum(result["phases_ms"][k] for k in hooks) == pytest.approx(result["step_ms"])
+    assert result["phases_ms"]["within: flow forward"] < result["phases_ms"]["forward + losses"]
     assert set(result["eval_s"]) == {"softmax fit (generate + train)", "scores, both classifiers, test sets"}
     assert result["peak_rss_mb"] > 0

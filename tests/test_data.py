@@ -2,22 +2,23 @@
 declared expectations, realistic stand-ins and the `python -m izf.data` commands."""
 
 import json
+import pickle
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
-from omegaconf import OmegaConf
 
 from izf.data import DatasetError, ZSLDataModule, cache, load_xlsa17, save_xlsa17
 from izf.data.__main__ import main as data_cli
-from izf.data.generate import BENCHMARKS, like, synthetic
+from izf.data.benchmarks import BENCHMARKS
+from izf.data.generate import like, synthetic
 from izf.data.splits import validation_split
 from izf.errors import ConfigError
-from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -88,6 +89,33 @@ def test_damaged_or_half_written_cache_is_rebuilt(folder):
     assert (entry / "key.json").is_file()
 
 
+class _Planted:
+    """Unpickling this object creates a file: the proof that a pickle from the cache was run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_planted_in_the_cache_is_never_loaded(folder, tmp_path):
+    expected = load_xlsa17(folder, cache=False)
+    load_xlsa17(folder)
+    marker = tmp_path / "pickle_was_run"
+    entry = folder / ".izf-cache"
+    with open(entry / "att_splits.mat" / "content.npz", "wb") as handle:  # an object array: a pickle inside
+        np.savez(handle, att=np.array([_Planted(marker)], dtype=object), allow_pickle=True)
+    with open(entry / "res101.mat" / "labels.npy", "wb") as handle:
+        np.save(handle, np.array([_Planted(marker)], dtype=object), allow_pickle=True)
+    (entry / "att_splits.mat" / "content.pickle").write_bytes(pickle.dumps(_Planted(marker)))  # the old format
+    loaded = load_xlsa17(folder)  # the keys still match: the planted files are read, refused, rebuilt
+    assert not marker.exists()
+    assert np.array_equal(loaded.semantics, expected.semantics) and np.array_equal(loaded.labels, expected.labels)
+    with np.load(entry / "att_splits.mat" / "content.npz", allow_pickle=False) as rebuilt:
+        assert "att" in rebuilt.files and rebuilt["allclasses_names"].dtype.kind == "U"  # names as plain strings
+
+
 def test_cache_goes_elsewhere_when_the_data_folder_is_read_only(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
     monkeypatch.setenv("IZF_CACHE_DIR", str(tmp_path / "cache"))
@@ -139,6 +167,30 @@ def test_validation_task_uses_xlsa17_class_partition_and_trainval_only(real_fold
     assert np.array_equal(np.sort(rows), np.arange(len(task.labels)))
 
 
+def test_validation_task_on_generated_data_with_a_class_partition():
+    """The same rules on generated data (no shared folder needed): 6 seen classes, 2 of them
+    declared validation classes through train/val keys that also index test_seen rows."""
+    data = synthetic(seen=6, unseen=3, semantic_dim=4, feature_dim=5, per_class=20, seed=3)
+    seen_rows = np.concatenate([data.splits["trainval"], data.splits["test_seen"]])
+    is_val = np.isin(data.labels[seen_rows], data.seen_classes[[1, 4]])
+    with_keys = data.__class__(**{**data.__dict__, "splits": {**data.splits, "train": seen_rows[~is_val],
+                                                              "val": seen_rows[is_val]}})
+    task = validation_split(with_keys, classes="xlsa17")
+    kept = data.seen_classes
+    assert task.num_classes == 6 and kept[task.unseen_classes].tolist() == data.seen_classes[[1, 4]].tolist()
+    assert np.array_equal(task.features, data.features[data.splits["trainval"]])  # test_seen rows never used
+    trainval_labels = data.labels[data.splits["trainval"]]
+    for new, old in enumerate(kept):
+        count = int((trainval_labels == old).sum())
+        in_test_seen = int((task.labels[task.splits["test_seen"]] == new).sum())
+        if new in task.unseen_classes:  # all its images are the pseudo-unseen test set
+            assert in_test_seen == 0 and int((task.labels[task.splits["test_unseen"]] == new).sum()) == count
+        else:  # the real split's share held out, at least one image left to train on
+            share = len(data.splits["test_seen"]) / len(seen_rows)
+            assert in_test_seen == min(count - 1, round(share * count)) and in_test_seen > 0
+    assert np.allclose(task.semantics, data.semantics[kept])
+
+
 def test_validation_task_without_train_val_keys_is_seeded_random(real_folder):
     data = load_xlsa17(real_folder("CUB"))
     a, b, c = validation_split(data, seed=0), validation_split(data, seed=0), validation_split(data, seed=1)
@@ -169,13 +221,13 @@ def test_datamodule_validation_mode_and_expectations(folder):
     with pytest.raises(DatasetError, match=r"images expected 37322, found 30, seen expected 40, found 4, "
                                            r"semantic_dim expected 85, found 3"):
         wrong.setup()
-
-
-def test_dataset_configs_declare_the_published_sizes():
-    for name, facts in BENCHMARKS.items():
-        expect = OmegaConf.load(REPO / "conf" / "dataset" / f"{name.lower()}.yaml").expect
-        assert (expect.images, expect.seen, expect.unseen, expect.semantic_dim.att) == \
-            (facts["images"], facts["seen"], facts["unseen"], facts["semantic_dim"])
+    # dataset.benchmark: the published sizes from their one home; a declared expect value wins
+    as_cub = ZSLDataModule(name="CUB", root=str(folder), benchmark="CUB", semantics="att", expect={"unseen": 2})
+    with pytest.raises(DatasetError, match=r"images expected 11788, found 30, seen expected 150, found 4, "
+                                           r"semantic_dim expected 312, found 3\b(?!.*unseen)"):
+        as_cub.setup()
+    with pytest.raises(ConfigError, match=r"dataset.benchmark='AWA3': expected one of \['APY', 'AWA1'"):
+        ZSLDataModule(name="x", root=str(folder), benchmark="AWA3")
 
 
 # ---- realistic stand-ins ----------------------------------------------------------------------

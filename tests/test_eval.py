@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from izf.evaluation.calibration import gamma_grid, stacking_curve
-from izf.training.outputs import WALL_TIME_KEY
-from tests.conftest import REPO
-from tests.test_reliability import TINY
-from tests.test_train_cli import run_train
+from izf.outputs import WALL_TIME_KEY
+from tests.conftest import REPO, TINY
 
 
 def run_eval(*overrides):
@@ -24,9 +22,9 @@ def run_eval(*overrides):
 
 
 @pytest.mark.slow
-def test_eval_reproduces_the_run_and_sweeps_gamma(tmp_path):
+def test_eval_reproduces_the_run_and_sweeps_gamma(tmp_path, train_cli):
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
-    run_train(*TINY, "debug=fast", "model.calibration_gamma.softmax=0", "model.calibration_gamma.nb=0",
+    train_cli(*TINY, "debug=fast", "model.calibration_gamma.softmax=0", "model.calibration_gamma.nb=0",
               f"hydra.run.dir={run_dir}")
     proc = run_eval(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={eval_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,8 +65,11 @@ def test_gamma_grid_spans_from_all_seen_to_all_unseen():
     scores = torch.randn(200, 5)
     seen, unseen = torch.tensor([0, 1, 2]), torch.tensor([3, 4])
     labels = torch.randint(0, 5, (200,))
-    curve = stacking_curve(scores[:100], labels[:100], scores[100:], labels[100:], seen, unseen)
-    assert any(p["gamma"] == 0.0 for p in curve)
+    # Seen classes ahead by 10 on every image: every quantile of the gap is > 0, so γ = 0 (the
+    # unshifted classifier, always reported) is in the grid only because it is added on purpose.
+    biased = scores + 10 * torch.isin(torch.arange(5), seen)
+    curve = stacking_curve(biased[:100], labels[:100], biased[100:], labels[100:], seen, unseen)
+    assert sorted(p["gamma"] for p in curve)[:2][0] == 0.0 and sorted(p["gamma"] for p in curve)[1] > 5
     gammas = gamma_grid(scores, seen, unseen)
     lowest, highest = (calibrated.argmax(1) for calibrated in
                        (scores - g * torch.isin(torch.arange(5), seen) for g in (gammas[0], gammas[-1])))

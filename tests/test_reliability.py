@@ -13,30 +13,21 @@ import lightning.pytorch as L
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 
-from izf.errors import ConfigError
+from izf.config import compose
+from izf.errors import ConfigError, DivergenceError
 from izf.model import losses
+from izf.outputs import WALL_TIME_KEY
 from izf.report import report, retrain_command
+from izf.training.callbacks import NonFiniteGuard
 from izf.training.checkpoints import AtomicCheckpointIO, check_checkpoint
-from izf.training.module import DivergenceError
-from izf.training.outputs import WALL_TIME_KEY
 from izf.training.run import build
-from tests.conftest import REPO
-from tests.test_train_cli import SMALL, run_train
-
-TINY = [*SMALL, "model.flow.blocks=2", "model.flow.hidden=32", "model.softmax.n_gen=50", "model.softmax.epochs=2",
-        "logger=none", "callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
+from tests.conftest import REPO, TINY
 
 
 def composed(*overrides, run_dir=None):
     """The training config as train.py would see it, without a subprocess."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, f"paths.output_dir={run_dir or '/tmp/izf-unused'}"],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the paths
-    return cfg
+    return compose("train", [*overrides, f"paths.output_dir={run_dir or '/tmp/izf-unused'}"])
 
 
 # ---- bad overrides: one line naming the key, before any work ---------------------------------
@@ -62,12 +53,12 @@ def test_bad_override_is_refused_before_training(override, message):
         build(composed(override))
 
 
-def test_bad_override_from_the_command_line(tmp_path):
-    proc = run_train(*TINY, "trainer.max_steps=0", f"hydra.run.dir={tmp_path}", check=False)
+def test_bad_override_from_the_command_line(tmp_path, train_cli):
+    proc = train_cli(*TINY, "trainer.max_steps=0", f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == ("error: trainer.max_steps=0: expected an integer ≥ 1 "
                                                     "(the flow's training length; the paper's is 11000)")
-    unknown = run_train("dataset=awa3", f"hydra.run.dir={tmp_path}", check=False)
+    unknown = train_cli("dataset=awa3", f"hydra.run.dir={tmp_path}", check=False)
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     assert "Could not find 'dataset/awa3'" in unknown.stderr and "awa2" in unknown.stderr  # lists the options
 
@@ -151,7 +142,10 @@ def test_non_finite_gradient_with_finite_loss_is_caught(tmp_path):
 
 def test_skip_mode_drops_the_update_and_lowers_the_learning_rate(tmp_path):
     trainer, model = _fit_with_nan(tmp_path, {5, 6}, "model.nonfinite.action=skip")
-    assert trainer.global_step == 12 and model.skipped_steps == 2
+    guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))  # brought by the module
+    assert trainer.global_step == 12 and guard.skipped_steps == 2
+    saved = torch.load(tmp_path / "step=12.ckpt", weights_only=True)["callbacks"]
+    assert saved["NonFiniteGuard"] == {"skipped_steps": 2}  # a resumed run keeps counting
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4 * 0.25)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(DivergenceError, match=r"after 1 skipped steps"):
@@ -184,11 +178,11 @@ def _metrics(run_dir):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    run_train(*RESUMABLE, f"hydra.run.dir={tmp_path / 'straight'}")
-    run_train(*RESUMABLE, f"hydra.run.dir={tmp_path / 'again'}")
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, train_cli):
+    train_cli(*RESUMABLE, f"hydra.run.dir={tmp_path / 'straight'}")
+    train_cli(*RESUMABLE, f"hydra.run.dir={tmp_path / 'again'}")
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "again")  # same seed, same numbers
-    run_train(*RESUMABLE, "seed=1", f"hydra.run.dir={tmp_path / 'seed1'}")
+    train_cli(*RESUMABLE, "seed=1", f"hydra.run.dir={tmp_path / 'seed1'}")
     assert _metrics(tmp_path / "seed1") != _metrics(tmp_path / "straight")
 
     killed = tmp_path / "killed"
@@ -199,7 +193,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert not (killed / "metrics.json").exists()
     for path in (killed / "checkpoints").glob("*.ckpt"):  # killed mid-write or not: every final name is whole
         torch.load(path, weights_only=False)
-    run_train(*RESUMABLE, "ckpt_path=last", f"hydra.run.dir={killed}")
+    train_cli(*RESUMABLE, "ckpt_path=last", f"hydra.run.dir={killed}")
     assert not list((killed / "checkpoints").glob(".*.tmp"))  # a kill's half-written leftovers are cleared
     assert _metrics(killed) == _metrics(tmp_path / "straight")
     assert _final_weights(killed).keys() == _final_weights(tmp_path / "straight").keys()
@@ -212,7 +206,7 @@ def _final_weights(run_dir):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, train_cli):
     run_dir = tmp_path / "preempted"
     process = _start(run_dir, "trainer.max_steps=100000")
     _wait_for(run_dir / "checkpoints" / "step_50.ckpt", process)
@@ -223,14 +217,14 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     step = int(stderr.split("stopped by SIGTERM at step ")[1].split(";")[0])
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == step >= 50
-    run_train(*RESUMABLE, f"trainer.max_steps={step + 5}", "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    train_cli(*RESUMABLE, f"trainer.max_steps={step + 5}", "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert (run_dir / "metrics.json").is_file()
 
 
 # ---- sweeps ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path):
-    proc = run_train("-m", *TINY, "debug=fast", "model.loss.negative=-1,0", f"hydra.sweep.dir={tmp_path}")
+def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path, train_cli):
+    proc = train_cli("-m", *TINY, "debug=fast", "model.loss.negative=-1,0", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     failure = (tmp_path / "0" / "error.txt").read_text()
     assert failure.startswith("model.loss.negative=-1: expected a weight ≥ 0") and "ConfigError" in failure
@@ -243,7 +237,7 @@ def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path)
 
 
 @pytest.mark.slow
-def test_optuna_search_on_the_validation_task_survives_failing_trials(tmp_path):
+def test_optuna_search_on_the_validation_task_survives_failing_trials(tmp_path, train_cli):
     search = tmp_path / "conf" / "hparams_search"
     search.mkdir(parents=True)
     (search / "tiny.yaml").write_text(
@@ -251,7 +245,7 @@ def test_optuna_search_on_the_validation_task_survives_failing_trials(tmp_path):
         "defaults:\n  - izf_optuna\n"  # the shipped search, narrowed: 3 trials, one weight that can fail
         "hydra:\n  sweeper:\n    n_trials: 3\n    params:\n      model.loss.negative: choice(-1, 0.3)\n")
     sweep = tmp_path / "sweep"
-    proc = run_train("-m", *TINY, "debug=fast", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+    proc = train_cli("-m", *TINY, "debug=fast", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
                      "hparams_search=tiny", "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -265,8 +259,8 @@ def test_optuna_search_on_the_validation_task_survives_failing_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
-    proc = run_train("-m", *TINY, "debug=fast", "launcher=local", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, train_cli):
+    proc = train_cli("-m", *TINY, "debug=fast", "launcher=local", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert "Submitit 'local' sweep" in proc.stdout + proc.stderr
     assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["0", "1"]
     assert list(tmp_path.glob(".submitit/*/*_result.pkl"))  # submitit's own bookkeeping, one per job
@@ -276,21 +270,21 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
 
 # ---- several processes (DDP on CPU) ---------------------------------------------------------
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
+def test_two_process_ddp_matches_one_process(tmp_path, train_cli):
     # The terms that are means over samples (likelihood, semantic) give the same averaged gradient
     # in two processes as in one; the batch statistics (MMD, class means) are per process, and the
     # jitter noise is drawn per process: they are off here so the runs can be compared.
     same = [*TINY, "trainer.max_steps=100", "model.loss.negative=0", "model.loss.centralising=0", "model.jitter=0"]
-    run_train(*same, f"hydra.run.dir={tmp_path / 'one'}")
-    run_train(*same, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}")
+    train_cli(*same, f"hydra.run.dir={tmp_path / 'one'}")
+    train_cli(*same, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}")
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert one.keys() == two.keys() and all(abs(one[k] - two[k]) <= 0.02 for k in one)  # stated tolerance
     for name, tensor in _final_weights(tmp_path / "two").items():
         assert torch.allclose(tensor.float(), _final_weights(tmp_path / "one")[name].float(), atol=1e-5), name
 
 
-def test_ddp_inside_a_multirun_is_refused(tmp_path):
-    proc = run_train("-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=0,1",
+def test_ddp_inside_a_multirun_is_refused(tmp_path, train_cli):
+    proc = train_cli("-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=0,1",
                      f"hydra.sweep.dir={tmp_path}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "trainer=ddp cannot run inside a multirun (-m)" in proc.stderr and "launcher=slurm" in proc.stderr

@@ -1,10 +1,7 @@
 """train.py through the real CLI (subprocesses), on small generated data."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,19 +9,7 @@ import pytest
 
 from izf.data import save_xlsa17
 from izf.data.generate import synthetic
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL = ["dataset.generator.seen=6", "dataset.generator.unseen=3", "dataset.generator.per_class=40",
-         "dataset.generator.feature_dim=16", "dataset.generator.semantic_dim=6", "dataset.batch_size=64"]
-
-
-def run_train(*overrides, check=True):
-    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
-    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+from tests.conftest import SMALL, XLSA17
 
 
 def _check_metrics(run_dir: Path) -> dict:
@@ -40,10 +25,10 @@ def _check_metrics(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_end_to_end_synthetic(tmp_path):
+def test_end_to_end_synthetic(tmp_path, train_cli):
     run_dir = tmp_path / "run"
     # The default job (synthetic data, 30 classes), shortened to 500 steps (checkpoint every 250).
-    proc = run_train("trainer.max_steps=500", "callbacks.model_checkpoint.every_n_train_steps=250",
+    proc = train_cli("trainer.max_steps=500", "callbacks.model_checkpoint.every_n_train_steps=250",
                      f"hydra.run.dir={run_dir}")
     metrics = _check_metrics(run_dir)
     # Chance is 1/30 for GZSL accuracies (H ≈ 0.03) and 1/10 for ZSL T1.
@@ -57,18 +42,18 @@ def test_end_to_end_synthetic(tmp_path):
 
 
 @pytest.mark.slow
-def test_custom_folder_and_nb_classifier(tmp_path):
+def test_custom_folder_and_nb_classifier(tmp_path, train_cli):
     folder = save_xlsa17(synthetic(seen=5, unseen=3, semantic_dim=6, feature_dim=16, per_class=30), tmp_path / "data")
     run_dir = tmp_path / "run"
-    run_train("dataset=custom", f"dataset.root={folder}", "debug=fast", "model.classifier=nb",
+    train_cli("dataset=custom", f"dataset.root={folder}", "debug=fast", "model.classifier=nb",
               "logger=none", f"hydra.run.dir={run_dir}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["gzsl/H"] == metrics["nb/gzsl/H"]
 
 
-def test_benchmark_without_data_fails_at_once_naming_the_files(tmp_path):
+def test_benchmark_without_data_fails_at_once_naming_the_files(tmp_path, train_cli):
     start = time.monotonic()
-    proc = run_train("dataset=awa2", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    proc = train_cli("dataset=awa2", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode != 0
     assert "res101.mat and att_splits.mat" in proc.stderr and str(tmp_path / "xlsa17" / "AWA2") in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -76,8 +61,8 @@ def test_benchmark_without_data_fails_at_once_naming_the_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_sweep_over_loss_weights(tmp_path):
-    run_train("-m", *SMALL, "debug=fast", "logger=none", "model.loss.negative=0,0.5",
+def test_multirun_sweep_over_loss_weights(tmp_path, train_cli):
+    train_cli("-m", *SMALL, "debug=fast", "logger=none", "model.loss.negative=0,0.5",
               f"hydra.sweep.dir={tmp_path}")
     runs = sorted(tmp_path.glob("*/metrics.json"))
     assert len(runs) == 2
@@ -85,8 +70,8 @@ def test_multirun_sweep_over_loss_weights(tmp_path):
     assert "negative: 0\n" in configs[0] and "negative: 0.5\n" in configs[1]
 
 
-def test_custom_without_root_says_which_key_to_set(tmp_path):
-    proc = run_train("dataset=custom", f"hydra.run.dir={tmp_path}", check=False)
+def test_custom_without_root_says_which_key_to_set(tmp_path, train_cli):
+    proc = train_cli("dataset=custom", f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 2
     assert "error: set dataset.root=... on the command line" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -95,7 +80,6 @@ def test_custom_without_root_says_which_key_to_set(tmp_path):
 def fake_awa2(tmp_path_factory):
     """data/xlsa17/AWA2 as `python -m izf.data fake` writes it (real splits where ../shared has them)."""
     from izf.data.__main__ import main as data_cli
-    from tests.conftest import XLSA17
 
     data_dir = tmp_path_factory.mktemp("data")
     splits = ["--splits", str(XLSA17 / "AWA2")] if (XLSA17 / "AWA2" / "att_splits.mat").is_file() else []
@@ -105,9 +89,9 @@ def fake_awa2(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_benchmark_validation_task(fake_awa2, tmp_path):
+def test_benchmark_validation_task(fake_awa2, tmp_path, train_cli):
     run_dir = tmp_path / "run"
-    proc = run_train("dataset=awa2", f"paths.data_dir={fake_awa2}", "dataset.split=validation", "debug=fast",
+    proc = train_cli("dataset=awa2", f"paths.data_dir={fake_awa2}", "dataset.split=validation", "debug=fast",
                      "logger=none", f"hydra.run.dir={run_dir}")
     _check_metrics(run_dir)
     assert "AWA2 (validation), validation task" in proc.stdout.replace("\n", " ")
@@ -117,8 +101,8 @@ def test_benchmark_validation_task(fake_awa2, tmp_path):
     assert classes == seen + unseen == 40 and unseen > 0
 
 
-def test_benchmark_config_refuses_data_of_another_shape(fake_awa2, tmp_path):
-    proc = run_train("dataset=awa1", f"dataset.root={fake_awa2 / 'xlsa17' / 'AWA2'}", f"hydra.run.dir={tmp_path}",
+def test_benchmark_config_refuses_data_of_another_shape(fake_awa2, tmp_path, train_cli):
+    proc = train_cli("dataset=awa1", f"dataset.root={fake_awa2 / 'xlsa17' / 'AWA2'}", f"hydra.run.dir={tmp_path}",
                      check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "does not match dataset 'AWA1' as configured: images expected 30475, found 37322" in proc.stderr

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_reliability import TINY
+from tests.conftest import REPO, TINY
 
 
 def run_offline(tmp_path, *overrides):

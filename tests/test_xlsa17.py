@@ -9,7 +9,8 @@ import scipy.io
 import torch
 
 from izf.data import DatasetError, ZSLDataModule, load_xlsa17, save_xlsa17
-from izf.data.generate import BENCHMARKS, like, synthetic
+from izf.data.benchmarks import BENCHMARKS
+from izf.data.generate import like, synthetic
 
 
 def _write_res101(folder, features, labels):

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from izf.io import atomic_path, write_csv
-from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY
+from izf.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY
 
 SEED_KEYS = ("seed",)
 

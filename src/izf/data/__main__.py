@@ -24,12 +24,15 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from izf.config import config_dir
 from izf.data import cache, download, generate
+from izf.data.benchmarks import BENCHMARKS
 from izf.data.xlsa17 import FEATURES_FILE, SENTENCES_FILE, SPLITS_FILE, load_xlsa17, save_xlsa17
 from izf.errors import IZFError
 from izf.io import atomic_folder
 
-CONFIG = Path(__file__).resolve().parents[3] / "conf" / "data" / "xlsa17.yaml"
+DOWNLOAD_CONFIG = "data/xlsa17.yaml"  # the archive's address and checksum
+
 
 
 def default_data_dir() -> Path:
@@ -40,14 +43,14 @@ def default_data_dir() -> Path:
 def _dataset_folder(target: str, data_dir: Path) -> tuple[Path, str | None]:
     """(folder, benchmark name or None) for `check NAME` or `check DIR`."""
     name = target.upper()
-    if name in generate.BENCHMARKS and not Path(target).is_dir():
+    if name in BENCHMARKS and not Path(target).is_dir():
         return data_dir / "xlsa17" / name, name
     folder = Path(target)
-    return folder, folder.name.upper() if folder.name.upper() in generate.BENCHMARKS else None
+    return folder, folder.name.upper() if folder.name.upper() in BENCHMARKS else None
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    config = OmegaConf.load(CONFIG) if CONFIG.is_file() else OmegaConf.create({"url": None, "sha256": None})
+    config = OmegaConf.load(config_dir() / DOWNLOAD_CONFIG)
     names = list(download.NAMES) if [n.lower() for n in args.names] == ["all"] else args.names
     url = args.url or config.url
     folders = download.download(names, data_dir=args.data_dir, url=url, sha256=args.sha256 or config.sha256,
@@ -70,7 +73,7 @@ def cmd_check(args: argparse.Namespace) -> None:
     data = load_xlsa17(folder, name=benchmark or folder.name, semantics=args.semantics, cache=not args.no_cache)
     seconds = time.perf_counter() - start
     if benchmark:  # a known benchmark must look like it (attribute dims only for its own `att`)
-        facts = generate.BENCHMARKS[benchmark]
+        facts = BENCHMARKS[benchmark]
         data.check_expected(str(folder), images=facts["images"], seen=facts["seen"], unseen=facts["unseen"],
                             semantic_dim=facts["semantic_dim"] if args.semantics == "att" else None)
     table = Table(title=f"{data.name}: {folder} — valid", show_header=False)
@@ -158,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("download", help="fetch and unpack xlsa17 datasets into <data-dir>/xlsa17/<NAME>/")
     p.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(download.NAMES)} (any case) or all")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $IZF_ROOT/data or ./data")
-    p.add_argument("--url", help=f"archive address (default: url in {CONFIG.relative_to(CONFIG.parents[2])})")
+    p.add_argument("--url", help=f"archive address (default: url in conf/{DOWNLOAD_CONFIG})")
     p.add_argument("--sha256", help="expected sha256 of the archive")
     p.add_argument("--archive", type=Path, help="an xlsa17.zip you downloaded yourself: no network used")
     p.add_argument("--force", action="store_true", help="replace datasets that are already there")
@@ -173,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_check)
 
     p = commands.add_parser("fake", help="write a generated stand-in with a benchmark's shape")
-    p.add_argument("--like", required=True, type=str.upper, choices=sorted(generate.BENCHMARKS))
+    p.add_argument("--like", required=True, type=str.upper, choices=sorted(BENCHMARKS))
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--splits", type=Path, help="the real att_splits.mat (or its folder) to take attributes and "
                                                "splits from; without it they are generated")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from izf.io import atomic_path
 
-VERSION = 2
+VERSION = 3  # 3: .mat variables as .npz (no pickle)
 CACHE_DIRNAME = ".izf-cache"
 
 

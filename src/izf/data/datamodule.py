@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from izf.data import generate
+from izf.data.benchmarks import expected_sizes
 from izf.data.dataset import ZSLData
 from izf.data.splits import validation_split
 from izf.data.xlsa17 import load_xlsa17
@@ -103,7 +104,8 @@ class ZSLDataModule(L.LightningDataModule):
 
     def __init__(self, name: str, source: str = "xlsa17", root: str | None = None,
                  generator: dict[str, Any] | None = None, semantics: str = "att", split: str = "test",
-                 validation: dict[str, Any] | None = None, expect: dict[str, Any] | None = None,
+                 validation: dict[str, Any] | None = None, benchmark: str | None = None,
+                 expect: dict[str, Any] | None = None,
                  cache: bool = True, feature_scaling: str = "minmax", semantic_scaling: str = "none",
                  batch_size: int = 256, eval_batch_size: int = 8192, batches_per_epoch: int = 1000):
         super().__init__()
@@ -112,6 +114,8 @@ class ZSLDataModule(L.LightningDataModule):
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"dataset.{key} must be one of {allowed}, got '{value}'")
+        if benchmark:
+            expected_sizes(benchmark, semantics)  # an unknown name is refused now, not after reading
         if source == "xlsa17" and not root:
             raise DatasetError(f"dataset '{name}': dataset.root must name an xlsa17 folder")
         if min(batch_size, eval_batch_size, batches_per_epoch) < 1:
@@ -130,9 +134,11 @@ class ZSLDataModule(L.LightningDataModule):
             data = generate.like(**(hp.generator or {}))
         else:
             data = load_xlsa17(hp.root, name=hp.name, semantics=hp.semantics, cache=hp.cache)
-        expect = dict(hp.expect or {})
-        if isinstance(expect.get("semantic_dim"), dict):  # declared per kind of semantics
-            expect["semantic_dim"] = expect["semantic_dim"].get(hp.semantics)
+        expect = expected_sizes(hp.benchmark, hp.semantics) if hp.benchmark else {}
+        declared = {key: value for key, value in (hp.expect or {}).items() if value is not None}
+        if isinstance(declared.get("semantic_dim"), dict):  # declared per kind of semantics
+            declared["semantic_dim"] = declared["semantic_dim"].get(hp.semantics)
+        expect |= declared
         data.check_expected(hp.root or hp.source, **expect)
         if hp.split == "validation":
             data = validation_split(data, **(hp.validation or {}))

@@ -68,4 +68,4 @@ class ZSLData:
         if wrong:
             details = ", ".join(f"{key} expected {want}, found {got}" for key, (want, got) in wrong.items())
             raise DatasetError(f"{source}: does not match dataset '{self.name}' as configured: {details} "
-                               "(wrong folder, or dataset.expect needs updating)")
+                               "(wrong folder? dataset.benchmark and dataset.expect say what it must hold)")

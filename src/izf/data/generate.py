@@ -8,18 +8,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from izf.data.benchmarks import BENCHMARKS
 from izf.data.dataset import ZSLData
-
-# Published sizes of the xlsa17 benchmarks (as in each conf/dataset/<name>.yaml `expect`), used to
-# generate stand-ins.
-BENCHMARKS = {
-    "AWA1": {"images": 30475, "seen": 40, "unseen": 10, "semantic_dim": 85, "splits": (19832, 4958, 5685)},
-    "AWA2": {"images": 37322, "seen": 40, "unseen": 10, "semantic_dim": 85, "splits": (23527, 5882, 7913)},
-    "CUB": {"images": 11788, "seen": 150, "unseen": 50, "semantic_dim": 312, "splits": (7057, 1764, 2967)},
-    "SUN": {"images": 14340, "seen": 645, "unseen": 72, "semantic_dim": 102, "splits": (10320, 2580, 1440)},
-    "APY": {"images": 15339, "seen": 20, "unseen": 12, "semantic_dim": 64, "splits": (5932, 1483, 7924)},
-    "FLO": {"images": 8189, "seen": 82, "unseen": 20, "semantic_dim": 1024, "splits": (5631, 1403, 1155)},
-}  # splits: trainval, test_seen, test_unseen sizes
 
 
 def _softplus(a: np.ndarray) -> np.ndarray:

@@ -8,9 +8,9 @@ DatasetError that names the file, the key, and what was expected.
 
 from __future__ import annotations
 
-import pickle
 import struct
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,11 +68,27 @@ def _loadmat(path: Path, **options) -> dict:
         raise DatasetError(f"{path}: not a readable MAT v5 file ({type(err).__name__}: {err})") from err
 
 
+def _plain_array(value) -> np.ndarray | None:
+    """A variable as an array np.load reads without pickle: numbers as they are, a cell array of
+    strings (class names) as a string array of the same shape; None for anything else."""
+    if not isinstance(value, np.ndarray):
+        return None
+    if value.dtype.kind in "biuf" or value.dtype.kind == "U":
+        return value
+    if value.dtype == object:
+        cells = [np.asarray(cell).ravel() for cell in value.ravel()]
+        if all(cell.dtype.kind == "U" and cell.size <= 1 for cell in cells):
+            return np.array([str(cell[0]) if cell.size else "" for cell in cells]).reshape(value.shape)
+    return None
+
+
 def _parse_mat(path: Path, out: Path) -> None:
-    """(child) The whole file, parsed, as a pickle in `out`."""
-    content = _loadmat(path)
-    with atomic_path(out / "content.pickle") as tmp, open(tmp, "wb") as handle:
-        pickle.dump(content, handle)
+    """(child) The file's variables as plain arrays in `out`/content.npz. No pickle: a cache
+    folder others can write to must never become a way to run code in this process."""
+    variables = {key: array for key, value in _loadmat(path).items()
+                 if not key.startswith("__") and (array := _plain_array(value)) is not None}
+    with atomic_path(out / "content.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **variables)
 
 
 def _convert_features(path: Path, out: Path) -> None:
@@ -101,12 +117,12 @@ def _read_content(folder: Path | None, memory_map: bool):
     if folder is None:
         return None
     try:
-        if (folder / "content.pickle").is_file():
-            with open(folder / "content.pickle", "rb") as handle:
-                return pickle.load(handle)
-        features = np.load(folder / "features.npy", mmap_mode="r" if memory_map else None)
-        labels = np.load(folder / "labels.npy")
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError):  # damaged or half-written
+        if (folder / "content.npz").is_file():
+            with np.load(folder / "content.npz", allow_pickle=False) as content:
+                return {key: content[key] for key in content.files}
+        features = np.load(folder / "features.npy", mmap_mode="r" if memory_map else None, allow_pickle=False)
+        labels = np.load(folder / "labels.npy", allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # damaged, half-written, or holding a pickle
         return None
     return (features, labels) if features.ndim == 2 and labels.shape == (features.shape[0],) else None
 
@@ -160,8 +176,7 @@ def _class_names(mat: dict, n_classes: int) -> list[str]:
     names = mat.get("allclasses_names")
     if names is None or names.size != n_classes:
         return [f"class_{i + 1}" for i in range(n_classes)]
-    return [str(np.asarray(n).ravel()[0]) if np.asarray(n).size else f"class_{i + 1}"
-            for i, n in enumerate(names.ravel())]
+    return [str(n) or f"class_{i + 1}" for i, n in enumerate(_plain_array(names).ravel())]
 
 
 def _as_class_rows(matrix: np.ndarray, path: Path, what: str, n_classes: int | None) -> np.ndarray:

@@ -1,14 +1,16 @@
 """The Xian et al. (G)ZSL protocol: per-class mean top-1 accuracy over the evaluated classes.
 
-Hand-written on purpose: torchmetrics' MulticlassAccuracy(average="macro") averages over ALL
-classes of the label space, counting a class that has no samples but receives false positives as
-0 — wrong for GZSL, where U averages over unseen classes only and S over seen classes only.
+Each class's accuracy on its own samples is its recall (torchmetrics, average=None); the mean is
+taken here over the evaluated classes only. torchmetrics' macro average would average over ALL
+classes of the label space, counting a class without samples as 0: wrong for GZSL, where U
+averages over the unseen classes only and S over the seen ones.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_recall
 
 
 def per_class_accuracy(pred: Tensor, target: Tensor, classes: Tensor) -> Tensor:
@@ -18,12 +20,11 @@ def per_class_accuracy(pred: Tensor, target: Tensor, classes: Tensor) -> Tensor:
     other class are simply wrong.
     """
     classes = torch.as_tensor(classes, device=target.device)
-    size = int(max(target.max(), classes.max())) + 1
+    size = max(2, int(max(target.max(), classes.max(), pred.max())) + 1)  # torchmetrics wants ≥ 2 classes
     counts = torch.bincount(target, minlength=size)[classes]
     if bool((counts == 0).any()):
         raise ValueError(f"classes {classes[counts == 0].tolist()} have no samples to evaluate on")
-    hits = torch.bincount(target[pred == target], minlength=size)[classes]
-    return hits.to(torch.float64) / counts
+    return multiclass_recall(pred, target, num_classes=size, average=None)[classes].to(torch.float64)
 
 
 def per_class_mean_accuracy(pred: Tensor, target: Tensor, classes: Tensor) -> float:

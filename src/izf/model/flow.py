@@ -1,22 +1,47 @@
 """The invertible network f: R^D -> R^D of IZF.
 
 K blocks, each a fixed random permutation followed by a GLOW-style double affine coupling
-(the semantics of FrEIA's GLOWCouplingBlock, which the IZF authors built on). Every module
-returns its exact log|det J| alongside its output, and has an exact inverse.
+(the semantics of FrEIA's GLOW coupling, which the IZF authors built on). Every layer keeps the
+InvertibleLayer contract below, so a new layer (another mixing, a spline coupling) drops in.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from izf.errors import ConfigError
 
 
+@runtime_checkable
+class InvertibleLayer(Protocol):
+    """The contract of every layer of the flow (rows are samples):
+    forward(x) -> (y, log|det ∂y/∂x| of each row), exact, not estimated;
+    inverse(y) -> x with forward(inverse(y))[0] == y up to float rounding."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def inverse(self, y: Tensor) -> Tensor: ...
+
+
+# subnet(in_dim, out_dim) -> the network a coupling uses to compute log-scales and shifts
+SubnetFactory = Callable[[int, int], nn.Module]
+
+
+def mlp_subnet(hidden: int) -> SubnetFactory:
+    """The reference subnet: Linear(in → hidden), LeakyReLU, Linear(hidden → out)."""
+    return lambda in_dim, out_dim: nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
+
+
 def soft_clamp(s: Tensor, clamp: float) -> Tensor:
-    """Bound log-scales to (-clamp, clamp) smoothly: clamp * (2/pi) * atan(s / clamp)."""
+    """Bound log-scales to (-clamp, clamp) smoothly: clamp * (2/pi) * atan(s / clamp). The form of
+    FrEIA 0.1's glow_coupling_layer (the version of the IZF authors' time), which writes 0.636 for
+    2/π; later FrEIA versions make the clamp activation a choice."""
     return clamp * (2.0 / math.pi) * torch.atan(s / clamp)
 
 
@@ -97,25 +122,21 @@ class ActNorm(nn.Module):
         return y * (-self.log_scale).exp() - self.bias
 
 
-def _subnet(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
-
-
 class DoubleAffineCoupling(nn.Module):
     """GLOW coupling: split x = [x1, x2]; y1 = x1 * exp(s2(x2)) + t2(x2); y2 = x2 * exp(s1(y1)) + t1(y1).
 
     log|det J| = sum(s1) + sum(s2) with the soft-clamped log-scales, exactly.
     """
 
-    def __init__(self, dim: int, hidden: int, clamp: float):
+    def __init__(self, dim: int, subnet: SubnetFactory, clamp: float):
         super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling block needs at least 2 dimensions, got {dim}")
         self.split = (dim // 2, dim - dim // 2)
         self.clamp = clamp
         len1, len2 = self.split
-        self.net1 = _subnet(len1, hidden, 2 * len2)  # reads y1, transforms x2
-        self.net2 = _subnet(len2, hidden, 2 * len1)  # reads x2, transforms x1
+        self.net1 = subnet(len1, 2 * len2)  # reads y1, transforms x2
+        self.net2 = subnet(len2, 2 * len1)  # reads x2, transforms x1
 
     def _log_scale_and_shift(self, net: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
         # Under bf16 autocast the subnet's matmuls run in bf16; the scaling, its exp and the
@@ -148,19 +169,20 @@ class InvertibleFlow(nn.Module):
 
     Mixing is a fixed random permutation (the reference) or a learned LU-decomposed linear map;
     ActNorm is optional. The couplings' parameters start as N(0, init_std²), so with the default
-    0.01 they start near the identity.
+    0.01 they start near the identity. `subnet` replaces the couplings' networks (default:
+    mlp_subnet(hidden)).
     """
 
     def __init__(self, dim: int, blocks: int = 10, hidden: int = 1024, clamp: float = 2.0,
                  init_std: float = 0.01, permutation_seed: int = 0, mixing: str = "permutation",
-                 actnorm: bool = False):
+                 actnorm: bool = False, subnet: SubnetFactory | None = None):
         super().__init__()
         if mixing not in MIXINGS:
             raise ConfigError(f"model.flow.mixing must be one of {MIXINGS}, got '{mixing}'")
         generator = torch.Generator().manual_seed(permutation_seed)
         layers: list[nn.Module] = []
         for _ in range(blocks):
-            coupling = DoubleAffineCoupling(dim, hidden, clamp)
+            coupling = DoubleAffineCoupling(dim, subnet or mlp_subnet(hidden), clamp)
             for p in coupling.parameters():
                 nn.init.normal_(p, mean=0.0, std=init_std)
             mix = Permutation(dim, generator) if mixing == "permutation" else LUMixing(dim, generator)
@@ -178,13 +200,15 @@ class InvertibleFlow(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return f(x) and log|det ∂f/∂x| per sample."""
-        log_det = x.new_zeros(x.shape[0])
-        for layer in self.layers:
-            x, ld = layer(x)
-            log_det = log_det + ld
-        return x, log_det
+        with record_function("izf.flow.forward"):  # a mark for profilers (python -m izf.bench)
+            log_det = x.new_zeros(x.shape[0])
+            for layer in self.layers:
+                x, ld = layer(x)
+                log_det = log_det + ld
+            return x, log_det
 
     def inverse(self, z: Tensor) -> Tensor:
-        for layer in reversed(self.layers):
-            z = layer.inverse(z)
-        return z
+        with record_function("izf.flow.inverse"):
+            for layer in reversed(self.layers):
+                z = layer.inverse(z)
+            return z

@@ -1,27 +1,67 @@
-"""Evaluating a saved checkpoint (eval.py): both classifiers under the protocol, and calibrated
+"""The evaluation protocol on a datamodule's splits (after training, in eval.py, in the benchmark),
+and evaluating a saved checkpoint (eval.py): both classifiers under the protocol, and calibrated
 stacking swept over γ with the resulting seen/unseen trade-off (table, CSV, plot)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from izf.data import ZSLDataModule
 from izf.errors import ConfigError
 from izf.evaluation.calibration import stacking_curve
 from izf.evaluation.pictures import save_figure
+from izf.evaluation.protocol import TEST_SPLITS, Evaluation, evaluate, gamma_of
 from izf.io import write_csv, write_json
-from izf.training.module import IZF, check_hyperparameters
-from izf.training.outputs import CLASSIFIERS, METRICS_FILE
-from izf.training.run import results_table
+from izf.outputs import CLASSIFIERS, METRIC_COLUMNS, METRICS_FILE
+from izf.training.hyperparameters import check_hyperparameters
+from izf.training.module import IZF
 
 log = logging.getLogger(__name__)
+
+
+def results_table(metrics: dict[str, float], title: str, chosen: str) -> Table:
+    table = Table(title=title)
+    table.add_column("classifier")
+    for column in METRIC_COLUMNS:
+        table.add_column(column.replace("/", " "), justify="right")
+    for name in CLASSIFIERS:
+        label = f"{name} (reported)" if name == chosen else name
+        table.add_row(label, *(f"{100 * metrics[f'{name}/{c}']:.2f}" for c in METRIC_COLUMNS))
+    return table
+
+
+@contextmanager
+def progress_task(trainer: L.Trainer | None, description: str, total: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar for work outside Lightning's loops (the classifier fitting): a task in
+    Lightning's own rich bar while one is shown (rich allows one live display at a time), else a
+    bar of its own. Yields the function that advances it by one."""
+    shown = getattr(getattr(trainer, "progress_bar_callback", None), "progress", None)
+    if isinstance(shown, Progress):
+        task = shown.add_task(description, total=total)
+        yield lambda: shown.advance(task)
+        return
+    with Progress(*Progress.get_default_columns(), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
+
+
+def evaluate_model(model: IZF, datamodule: ZSLDataModule, trainer: L.Trainer | None = None) -> Evaluation:
+    """The protocol on the datamodule's full splits, in one process (also after multi-GPU
+    training); the best γ is reported on the validation task only."""
+    tests = {split: datamodule.split(split) for split in TEST_SPLITS}
+    return evaluate(model, datamodule.split("trainval"), tests, batch_size=datamodule.hparams.eval_batch_size,
+                    choose_gamma=datamodule.hparams.split == "validation",
+                    progress=lambda description, total: progress_task(trainer, description, total))
 
 
 def load_model(ckpt_path: str | Path) -> IZF:
@@ -85,11 +125,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     model.to(device)
-    L.seed_everything(cfg.seed, workers=True)  # the softmax classifiers' initialisation and batches
-    scores_seen, y_seen, scores_unseen, y_unseen = model.test_scores(datamodule)
-    metrics = model.protocol_metrics(scores_seen, y_seen, scores_unseen, y_unseen)
+    L.seed_everything(cfg.seed, workers=True)
+    result = evaluate_model(model, datamodule)
+    metrics, scores, labels = result.metrics, result.scores, result.labels
     gammas = list(cfg.calibration.gammas) if cfg.calibration.gammas is not None else None
-    curves = {name: stacking_curve(scores_seen[f"{name}/gzsl"], y_seen, scores_unseen[f"{name}/gzsl"], y_unseen,
+    curves = {name: stacking_curve(scores["test_seen"][f"{name}/gzsl"], labels["test_seen"],
+                                   scores["test_unseen"][f"{name}/gzsl"], labels["test_unseen"],
                                    model.seen_classes, model.unseen_classes, gammas) for name in CLASSIFIERS}
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +138,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     write_csv(output_dir / "calibration.csv", ["classifier", "gamma", "gzsl/U", "gzsl/S", "gzsl/H"],
               ([name, p["gamma"], p["gzsl/U"], p["gzsl/S"], p["gzsl/H"]] for name, curve in curves.items()
                for p in curve))
-    _save_curve_plot(curves, {name: model.gamma(name) for name in CLASSIFIERS}, output_dir / "calibration_curve.png")
+    chosen = {name: gamma_of(model.hparams.calibration_gamma, name) for name in CLASSIFIERS}
+    _save_curve_plot(curves, chosen, output_dir / "calibration_curve.png")
 
     console = Console()
     console.print(results_table(metrics, f"{ckpt_path.name} on {datamodule.data.name} (%)", model.hparams.classifier))

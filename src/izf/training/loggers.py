@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
+from torch import Tensor
 
 from izf.data import ZSLDataModule
 from izf.evaluation.pictures import PER_CLASS_COLUMNS, per_class_rows, real_vs_generated, toy_scatter
@@ -48,9 +49,11 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
-def save_pictures(model: IZF, datamodule: ZSLDataModule, output_dir: Path, loggers: list[Any]) -> None:
-    """Per-class accuracies (CSV, W&B table) and pictures (PNG, W&B images) of the tested model."""
-    rows = per_class_rows(model.test_predictions, datamodule.seen_classes, datamodule.unseen_classes,
+def save_pictures(model: IZF, datamodule: ZSLDataModule, predictions: dict[str, tuple[Tensor, Tensor]],
+                  output_dir: Path, loggers: list[Any]) -> None:
+    """Per-class accuracies (CSV, W&B table) of the evaluation's GZSL predictions, and pictures
+    (PNG, W&B images) of the tested model."""
+    rows = per_class_rows(predictions, datamodule.seen_classes, datamodule.unseen_classes,
                           datamodule.data.class_names)
     write_csv(output_dir / "per_class_accuracy.csv", PER_CLASS_COLUMNS, rows)
     pictures = output_dir / "pictures"

@@ -1,122 +1,23 @@
-"""The IZF LightningModule: the invertible flow, its four losses, generation, and evaluation
-with both classifiers under the (G)ZSL protocol."""
+"""The IZF LightningModule: the invertible flow as encoder and generator, its four losses, the
+training step and the optimiser. Evaluation lives in izf.evaluation.protocol; the random-stream
+and non-finite policies are callbacks the module brings with it (configure_callbacks)."""
 
 from __future__ import annotations
 
-import logging
-import math
-import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as L
-import numpy as np
 import torch
-from rich.progress import Progress
 from torch import Tensor
 
-from izf.errors import ConfigError, IZFError
-from izf.evaluation.calibration import stacking_curve
-from izf.evaluation.metrics import calibrated_stacking, gzsl_metrics, zsl_metrics
+from izf.errors import ConfigError
 from izf.model import losses
-from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
 from izf.model.flow import InvertibleFlow
-from izf.training.outputs import CLASSIFIERS
+from izf.outputs import CLASSIFIERS
+from izf.training.callbacks import NonFiniteGuard, RandomStreams
+from izf.training.hyperparameters import LOSS_DEFAULTS, NONFINITE_DEFAULTS, check_hyperparameters
 
-log = logging.getLogger(__name__)
-TEST_SPLITS = ("test_seen", "test_unseen")
-NONFINITE_ACTIONS = ("stop", "skip")
-MMD_BANDWIDTHS = ("median", "fixed")
-LOSS_SCALINGS = ("normalised", "paper")
-# Loss keys added after the first release: older checkpoints and configs get the paper's behaviour.
-LOSS_DEFAULTS = {"scaling": "paper", "mmd_bandwidth": "fixed", "negative_start": 0, "centre": "batch"}
-CENTRES = ("batch", "dataset")
 ACTNORM_SAMPLE = 1024  # training images that initialise ActNorm (per-dimension mean and std)
-
-
-def _positive(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-
-def _non_negative(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _count(low: int, high: float = math.inf):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-
-
-# model.<key>: (test, what is expected). Checked before any work, so a bad override is one line.
-HYPERPARAMETER_RULES = {
-    "flow.blocks": (_count(1, 64), "an integer in 1..64 (the paper uses 10; each block is two couplings)"),
-    "flow.hidden": (_count(1), "an integer ≥ 1"),
-    "flow.clamp": (_positive, "a number > 0"),
-    "flow.init_std": (_non_negative, "a number ≥ 0"),
-    "flow.mixing": (lambda v: v in ("permutation", "lu"), "permutation or lu"),
-    "loss.semantic": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
-    "loss.negative": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
-    "loss.centralising": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
-    "loss.mmd_scales": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(map(_positive, v)),
-                        "a non-empty list of kernel scales > 0"),
-    "loss.negative_margin": (lambda v: v is None or _positive(v), "null or a number > 0"),
-    "loss.negative_start": (_count(0), "an integer ≥ 0 (the step at which the negative term switches on)"),
-    "loss.mmd_bandwidth": (lambda v: v in MMD_BANDWIDTHS, " or ".join(MMD_BANDWIDTHS)),
-    "loss.scaling": (lambda v: v in LOSS_SCALINGS, " or ".join(LOSS_SCALINGS)),
-    "loss.centre": (lambda v: v in CENTRES, " or ".join(CENTRES)),
-    "optimizer.lr": (_positive, "a learning rate > 0"),
-    "optimizer.weight_decay": (_non_negative, "a number ≥ 0"),
-    "jitter": (_non_negative, "a number ≥ 0"),
-    "calibration_gamma": (lambda v: all(_finite(g) for g in (v.values() if isinstance(v, dict) else [v]))
-                          and (not isinstance(v, dict) or set(v) <= set(CLASSIFIERS)),
-                          f"a finite number, or one per classifier ({', '.join(CLASSIFIERS)})"),
-    "softmax.n_gen": (_count(1), "an integer ≥ 1"),
-    "softmax.epochs": (_count(1), "an integer ≥ 1"),
-    "softmax.lr": (_positive, "a learning rate > 0"),
-    "softmax.batch_size": (_count(1), "an integer ≥ 1"),
-    "softmax.weight_decay": (_non_negative, "a number ≥ 0"),
-    "softmax.generation_batch": (_count(1), "an integer ≥ 1"),
-    "softmax.seed": (_count(0), "an integer ≥ 0"),
-    "softmax.balanced": (lambda v: isinstance(v, bool), "true or false"),
-    "softmax.temperature": (_non_negative, "a number ≥ 0 (1: z ~ N(0, I) as trained; 0: the class prototypes)"),
-    "nonfinite.action": (lambda v: v in NONFINITE_ACTIONS, " or ".join(NONFINITE_ACTIONS)),
-    "nonfinite.lr_factor": (lambda v: _positive(v) and v < 1, "a factor in (0, 1)"),
-    "nonfinite.max_skips": (_count(0), "an integer ≥ 0"),
-}
-
-
-def check_hyperparameters(hparams: dict[str, Any]) -> None:
-    """Each rule whose key is given (absent keys take the code's defaults)."""
-    absent = object()
-    for key, (valid, expected) in HYPERPARAMETER_RULES.items():
-        value = hparams
-        for part in key.split("."):
-            value = value.get(part, absent) if isinstance(value, dict) else absent
-        if value is not absent and not valid(value):
-            raise ConfigError(f"model.{key}={value!r}: expected {expected}")
-
-
-@contextmanager
-def progress_task(trainer: L.Trainer | None, description: str, total: int) -> Iterator[Callable[[], None]]:
-    """A rich progress bar for work outside Lightning's loops (the classifier fitting): a task in
-    Lightning's own rich bar while one is shown (rich allows one live display at a time), else a
-    bar of its own. Yields the function that advances it by one."""
-    shown = getattr(getattr(trainer, "progress_bar_callback", None), "progress", None)
-    if isinstance(shown, Progress):
-        task = shown.add_task(description, total=total)
-        yield lambda: shown.advance(task)
-        return
-    with Progress(*Progress.get_default_columns(), transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
-
-
-class DivergenceError(IZFError):
-    """Training produced NaN/inf; the message names the step and the loss term."""
 
 
 class IZF(L.LightningModule):
@@ -130,7 +31,7 @@ class IZF(L.LightningModule):
                  compile: bool = False, nonfinite: dict[str, Any] | None = None,
                  log_term_gradients: bool = True):
         super().__init__()
-        nonfinite = {"action": "stop", "lr_factor": 0.5, "max_skips": 10, **(nonfinite or {})}
+        nonfinite = {**NONFINITE_DEFAULTS, **(nonfinite or {})}
         loss = {**LOSS_DEFAULTS, **loss}
         check_hyperparameters({"flow": flow, "loss": loss, "optimizer": optimizer, "softmax": softmax,
                                "jitter": jitter, "calibration_gamma": calibration_gamma, "nonfinite": nonfinite})
@@ -142,7 +43,7 @@ class IZF(L.LightningModule):
         self.save_hyperparameters()
         self.hparams.nonfinite, self.hparams.loss = nonfinite, loss
         self.flow = InvertibleFlow(feature_dim, **flow)
-        self.skipped_steps = 0
+        self.step_terms: dict[str, Tensor] = {}  # this step's weighted loss terms, for NonFiniteGuard
         # Class information travels with the checkpoint, so a reloaded model predicts on its own.
         self.register_buffer("class_semantics", torch.zeros(num_classes, semantic_dim))
         self.register_buffer("seen_mask", torch.zeros(num_classes, dtype=torch.bool))
@@ -161,14 +62,18 @@ class IZF(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
-            datamodule.setup(stage)
-            self.set_classes(datamodule.semantics, datamodule.seen_classes, datamodule.class_feature_means())
-            if stage == "fit" and self.hparams.flow.get("actnorm"):
-                # From a fixed random sample of the training set rather than each process's first
-                # batch: the same on every DDP process (set before the model is wrapped).
-                x, _ = datamodule.split("trainval")
-                rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:ACTNORM_SAMPLE]
-                self.flow.initialise_actnorm(x[rows].to(self.device))
+            self.prepare(datamodule, stage)
+
+    def prepare(self, datamodule, stage: str = "fit") -> None:
+        """Take the class information from the data; before fitting, initialise ActNorm from a
+        fixed random sample of the training set rather than each process's first batch: the same
+        on every DDP process (Lightning calls this through setup, before the model is wrapped)."""
+        datamodule.setup(stage)
+        self.set_classes(datamodule.semantics, datamodule.seen_classes, datamodule.class_feature_means())
+        if stage == "fit" and self.hparams.flow.get("actnorm"):
+            x, _ = datamodule.split("trainval")
+            rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:ACTNORM_SAMPLE]
+            self.flow.initialise_actnorm(x[rows].to(self.device))
 
     def _class_sets(self) -> tuple[Tensor, Tensor]:
         """(seen, unseen) class indices. nonzero() waits for the device, so they are computed once
@@ -258,7 +163,7 @@ class IZF(L.LightningModule):
         self.log("train/loss", total.detach(), on_step=True, on_epoch=False)
         if self._logs_this_step():
             self.log_dict(self.term_gradient_norms(terms), on_step=True, on_epoch=False)
-        self._step_terms = terms
+        self.step_terms = terms
         return total
 
     def _logs_this_step(self) -> bool:
@@ -277,153 +182,9 @@ class IZF(L.LightningModule):
                 torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
         return norms
 
-    # ---- divergence: NaN/inf never reaches the weights ------------------------------------------
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """After backward, before clipping and Adam: a non-finite loss term or gradient stops the
-        run (naming the step and the term) or, with nonfinite.action=skip, drops this update and
-        lowers the learning rate. One device sync per step, the price of catching it in the step."""
-        terms = self._step_terms
-        # Element-wise, not the gradient norm: huge but finite gradients overflow a float32 norm
-        # (seen at ~1e18 on AWA2-sized data) and are clipping's business, not divergence.
-        finite = [torch.isfinite(v) for v in terms.values()]
-        finite += [torch.isfinite(p.grad).all() for p in self.parameters() if p.grad is not None]
-        if torch.stack(finite).all():
-            return
-        bad_terms = {name: float(v) for name, v in terms.items() if not torch.isfinite(v)}
-        what = (", ".join(f"loss term '{name}' is {v}" for name, v in bad_terms.items()) if bad_terms
-                else "the gradients are non-finite while every loss term is finite")
-        cfg = self.hparams.nonfinite
-        if cfg["action"] == "skip" and self.skipped_steps < cfg["max_skips"]:
-            self.skipped_steps += 1
-            for p in self.parameters():
-                p.grad = None  # Adam leaves parameters without a gradient untouched
-            for group in optimizer.param_groups:
-                group["lr"] *= cfg["lr_factor"]
-            log.warning("step %d: %s; skipped the update, learning rate now %.3g (%d of at most %d skips)",
-                        self.global_step, what, optimizer.param_groups[0]["lr"], self.skipped_steps, cfg["max_skips"])
-            return
-        hint = ("" if cfg["action"] == "stop" else f" after {self.skipped_steps} skipped steps")
-        raise DivergenceError(f"training diverged at step {self.global_step}: {what}{hint}; the weights were not "
-                              "updated with it. Lower model.optimizer.lr, or set model.nonfinite.action=skip")
-
-    def check_finite_weights(self, purpose: str) -> None:
-        bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise DivergenceError(f"refusing to {purpose}: non-finite weights in {bad[:3]}")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.check_finite_weights("write a checkpoint")
-        # Random streams, so a resumed run continues exactly where the checkpoint was taken.
-        kind, keys, position, has_gauss, gauss = np.random.get_state()
-        numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)  # weights_only-safe
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state,
-                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        checkpoint["skipped_steps"] = self.skipped_steps
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states")
-        if states:
-            torch.set_rng_state(states["torch"])
-            kind, keys, position, has_gauss, gauss = states["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-            random.setstate(states["python"])
-            if states["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
-        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Added to any Trainer this module is fitted with, whoever builds it."""
+        return [RandomStreams(), NonFiniteGuard(**self.hparams.nonfinite)]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.flow.parameters(), **self.hparams.optimizer)
-
-    # ---- evaluation ---------------------------------------------------------------------------
-    def fit_softmax_classifiers(self, x_seen: Tensor, y_seen: Tensor) -> dict[str, SoftmaxClassifier]:
-        """Freeze the flow, generate n_gen features per unseen class, and train the held-out
-        classifiers: GZSL on [real seen; generated unseen] over all classes, ZSL on generated
-        unseen only over the unseen classes."""
-        cfg = self.hparams.softmax
-        unseen = self.unseen_classes
-        fit = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "weight_decay")} | {"balanced": cfg.get("balanced", False)}
-        all_classes = torch.arange(self.hparams.num_classes, device=self.device)
-        # Lightning evaluates under inference_mode; this is a small training run of its own.
-        with torch.inference_mode(False), torch.enable_grad(), \
-                progress_task(self._trainer, "softmax classifiers", 2 * cfg["epochs"]) as advance:
-            y_gen = unseen.clone().repeat_interleave(cfg["n_gen"])
-            with torch.no_grad():
-                x_gen = torch.cat([self.generate(rows, cfg.get("temperature", 1.0))
-                                   for rows in y_gen.split(cfg["generation_batch"])])
-            x_seen, y_seen = x_seen.clone(), y_seen.clone()
-            return {
-                "gzsl": SoftmaxClassifier(self.hparams.feature_dim, all_classes.clone(), self.hparams.num_classes)
-                .to(self.device).fit(torch.cat([x_seen, x_gen]), torch.cat([y_seen, y_gen]), **fit, on_epoch=advance),
-                "zsl": SoftmaxClassifier(self.hparams.feature_dim, unseen.clone(), self.hparams.num_classes)
-                .to(self.device).fit(x_gen, y_gen, **fit, on_epoch=advance),
-            }
-
-    def _fit_softmax_on_trainval(self, datamodule) -> None:
-        """With its own seeded random stream: the classifiers, and so the reported numbers, are a
-        function of the weights, the data and softmax.seed alone: the same after training, in a
-        resumed run and in eval.py, whatever drew random numbers before."""
-        x_seen, y_seen = (t.to(self.device) for t in datamodule.split("trainval"))
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.hparams.softmax.get("seed", 0))
-            self._softmax = self.fit_softmax_classifiers(x_seen, y_seen)
-
-    def scores(self, x: Tensor) -> dict[str, Tensor]:
-        """Scores (N×C) of every classifier for every task (after fit_softmax_classifiers)."""
-        c_hat, _, _ = self.encode(x)
-        nb = naive_bayes_scores(c_hat, self.class_semantics)
-        return {"nb/gzsl": nb, "nb/zsl": nb,
-                "softmax/gzsl": self._softmax["gzsl"](x), "softmax/zsl": self._softmax["zsl"](x)}
-
-    def gamma(self, classifier: str) -> float:
-        """The calibrated-stacking γ of one classifier (each has its own score scale)."""
-        gamma = self.hparams.calibration_gamma
-        return float(gamma.get(classifier, 0.0) if isinstance(gamma, dict) else gamma)
-
-    def protocol_metrics(self, seen_scores: dict[str, Tensor], y_seen: Tensor,
-                         unseen_scores: dict[str, Tensor], y_unseen: Tensor) -> dict[str, float]:
-        """ZSL T1 and GZSL U, S, H of both classifiers ("nb/...", "softmax/..."), and unprefixed
-        those of the classifier named by the `classifier` hyperparameter."""
-        metrics = {}
-        for name in CLASSIFIERS:
-            metrics |= {f"{name}/{k}": v for k, v in zsl_metrics(
-                unseen_scores[f"{name}/zsl"], y_unseen, self.unseen_classes).items()}
-            metrics |= {f"{name}/{k}": v for k, v in gzsl_metrics(
-                seen_scores[f"{name}/gzsl"], y_seen, unseen_scores[f"{name}/gzsl"], y_unseen,
-                self.seen_classes, self.unseen_classes, self.gamma(name)).items()}
-        chosen = self.hparams.classifier
-        return metrics | {k[len(chosen) + 1:]: v for k, v in metrics.items() if k.startswith(chosen + "/")}
-
-    @torch.no_grad()
-    def test_scores(self, datamodule) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor]:
-        """Fit the softmax classifiers, then score both test splits (in rows of eval_batch_size).
-        Returns (scores, labels) of test_seen, then of test_unseen."""
-        self.check_finite_weights("evaluate")
-        was_training = self.training
-        self.eval()
-        self._fit_softmax_on_trainval(datamodule)
-        scored = []
-        for split in TEST_SPLITS:
-            x, y = datamodule.split(split)
-            parts = [self.scores(rows.to(self.device)) for rows in x.split(datamodule.hparams.eval_batch_size)]
-            scored += [{key: torch.cat([p[key] for p in parts]) for key in parts[0]}, y.to(self.device)]
-        del self._softmax
-        self.train(was_training)
-        return tuple(scored)
-
-    def evaluate(self, datamodule) -> dict[str, float]:
-        """The whole protocol on the full test splits, in one process (also after multi-GPU
-        training): the metrics of both classifiers. Keeps the reported classifier's GZSL
-        predictions in `test_predictions` for per-class tables and pictures."""
-        seen_scores, y_seen, unseen_scores, y_unseen = self.test_scores(datamodule)
-        key, gamma = f"{self.hparams.classifier}/gzsl", self.gamma(self.hparams.classifier)
-        self.test_predictions = {split: (calibrated_stacking(scores[key], self.seen_mask, gamma).argmax(1), y)
-                                 for split, scores, y in (("test_seen", seen_scores, y_seen),
-                                                          ("test_unseen", unseen_scores, y_unseen))}
-        metrics = self.protocol_metrics(seen_scores, y_seen, unseen_scores, y_unseen)
-        if datamodule.hparams.split == "validation":  # choose γ here, never on test data
-            for name in CLASSIFIERS:
-                curve = stacking_curve(seen_scores[f"{name}/gzsl"], y_seen, unseen_scores[f"{name}/gzsl"], y_unseen,
-                                       self.seen_classes, self.unseen_classes)
-                best = max(curve, key=lambda point: point["gzsl/H"])
-                metrics |= {f"{name}/best_gamma": best["gamma"], f"{name}/best_gamma/gzsl/H": best["gzsl/H"]}
-        return metrics

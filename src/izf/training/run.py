@@ -22,40 +22,45 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from rich.console import Console
-from rich.table import Table
 
+from izf.config import config_dir
 from izf.data import ZSLDataModule
+from izf.data.benchmarks import resembles
 from izf.errors import ConfigError, IZFError
+from izf.evaluation.protocol import gamma_of
 from izf.io import atomic_path, write_json
+from izf.outputs import CLASSIFIERS, FAILURE_FILE, METRICS_FILE, WALL_TIME_KEY
 from izf.training.checkpoints import SaveOnSigterm, check_checkpoint
+from izf.training.evaluate import evaluate_model, results_table
 from izf.training.loggers import instantiate_loggers, save_pictures
 from izf.training.module import IZF
-from izf.training.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
-def results_table(metrics: dict[str, float], title: str, chosen: str) -> Table:
-    table = Table(title=title)
-    table.add_column("classifier")
-    for column in METRIC_COLUMNS:
-        table.add_column(column.replace("/", " "), justify="right")
-    for name in CLASSIFIERS:
-        label = f"{name} (reported)" if name == chosen else name
-        table.add_row(label, *(f"{100 * metrics[f'{name}/{c}']:.2f}" for c in METRIC_COLUMNS))
-    return table
-
-
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(node) for node in (group or {}).values() if node and "_target_" in node]
+
+
+def _check_recipe(datamodule: ZSLDataModule) -> None:
+    """Recipes are picked by the dataset config's name; data that is a benchmark with a recipe
+    (APY's 5 blocks) under another name (dataset=custom) gets a warning that names the override."""
+    if datamodule.hparams.split != "test":
+        return  # the validation task renumbers and regroups the classes
+    chosen = HydraConfig.get().runtime.choices.get("recipe") if HydraConfig.initialized() else None
+    for name in resembles(datamodule.data.summary()):
+        if (config_dir() / "recipe" / f"{name.lower()}.yaml").is_file() and chosen != name.lower():
+            log.warning("the data has %s's classes and attributes but recipe=%s: the paper's settings for %s "
+                        "are in recipe=%s (add it to the command line)", name, chosen, name, name.lower())
 
 
 def build(cfg: DictConfig) -> tuple[ZSLDataModule, IZF]:
     """The data (read and validated now, before any work) and a fresh model sized to it."""
     datamodule = ZSLDataModule(**OmegaConf.to_container(cfg.dataset, resolve=True, throw_on_missing=True))
     datamodule.setup("fit")
+    _check_recipe(datamodule)
     model = IZF(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
                 semantic_dim=datamodule.semantics.shape[1],
                 **OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True))
@@ -116,11 +121,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not trainer.is_global_zero:  # multi-GPU: one process evaluates, on the full test splits
         return {}
     # Evaluation uses the final weights of the fixed schedule (no selection on test data).
-    metrics = model.evaluate(datamodule)
+    evaluation = evaluate_model(model, datamodule, trainer)
+    metrics = evaluation.metrics
     metrics[WALL_TIME_KEY] = time.perf_counter() - started  # this process: a resumed run counts its own part
     for logger in loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
-    save_pictures(model, datamodule, output_dir, loggers)
+    save_pictures(model, datamodule, evaluation.predictions, output_dir, loggers)
 
     for logger in loggers:
         if isinstance(logger, WandbLogger):  # one W&B run per job, also within a multirun
@@ -133,8 +139,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     console.print(results_table(metrics, f"IZF on {datamodule.data.name}, {task} (%)", cfg.model.classifier))
     for name in CLASSIFIERS:
         if f"{name}/best_gamma" in metrics:
+            gamma = gamma_of(model.hparams.calibration_gamma, name)
             console.print(f"{name}: calibrated stacking at γ={metrics[f'{name}/best_gamma']:.3g} gives validation H "
-                          f"{100 * metrics[f'{name}/best_gamma/gzsl/H']:.2f} (γ={model.gamma(name):g} gave "
+                          f"{100 * metrics[f'{name}/best_gamma/gzsl/H']:.2f} (γ={gamma:g} gave "
                           f"{100 * metrics[f'{name}/gzsl/H']:.2f}); to use it: model.calibration_gamma.{name}=<γ>")
     log.info("metrics written to %s", output_dir / METRICS_FILE)
     return metrics

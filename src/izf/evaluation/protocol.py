@@ -1,0 +1,143 @@
+"""The evaluation protocol of a trained IZF model, as one function that returns its results.
+
+With the flow frozen: generate features of the unseen classes, fit the held-out softmax
+classifiers on them (GZSL: with the real seen features), score both test splits with both
+classifiers (softmax and the naive-Bayes rule on the flow's semantic factor), and compute ZSL T1
+and GZSL U, S, H per classifier. On the validation task it also reports the calibrated-stacking
+shift γ that would have been best: that is where γ is chosen, never on test data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from izf.errors import require_finite_weights
+from izf.evaluation.calibration import stacking_curve
+from izf.evaluation.metrics import calibrated_stacking, gzsl_metrics, zsl_metrics
+from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
+from izf.outputs import CLASSIFIERS
+
+TEST_SPLITS = ("test_seen", "test_unseen")
+# progress(description, total) -> a context manager yielding the function that advances it by one
+Progress = Callable[[str, int], AbstractContextManager[Callable[[], None]]]
+
+
+def _no_progress(description: str, total: int) -> AbstractContextManager[Callable[[], None]]:
+    return nullcontext(lambda: None)
+
+
+@dataclass
+class Evaluation:
+    """metrics: ZSL T1 and GZSL U/S/H of each classifier ("nb/...", "softmax/...") and, unprefixed,
+    those of the reported one; scores[split]["<classifier>/<task>"] (N×C) and labels[split] of
+    each test split; predictions[split]: (predicted, true) labels of the reported classifier in
+    GZSL after calibrated stacking, for per-class tables."""
+    metrics: dict[str, float]
+    scores: dict[str, dict[str, Tensor]]
+    labels: dict[str, Tensor]
+    predictions: dict[str, tuple[Tensor, Tensor]]
+
+
+def gamma_of(calibration_gamma: float | dict[str, float], classifier: str) -> float:
+    """The calibrated-stacking γ of one classifier (each has its own score scale)."""
+    if isinstance(calibration_gamma, dict):
+        return float(calibration_gamma.get(classifier, 0.0))
+    return float(calibration_gamma)
+
+
+def fit_softmax_classifiers(model, x_seen: Tensor, y_seen: Tensor,
+                            progress: Progress = _no_progress) -> dict[str, SoftmaxClassifier]:
+    """Generate n_gen features per unseen class and train the held-out classifiers: GZSL on
+    [real seen; generated unseen] over all classes, ZSL on generated unseen only over the
+    unseen classes. `model` is an IZF module (its flow, class buffers and `softmax` settings)."""
+    cfg, hp = model.hparams.softmax, model.hparams
+    unseen = model.unseen_classes
+    fit = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "weight_decay")} | {"balanced": cfg.get("balanced", False)}
+    all_classes = torch.arange(hp.num_classes, device=model.device)
+    # Callers may be inside Lightning's inference mode; this is a small training run of its own.
+    with torch.inference_mode(False), torch.enable_grad(), \
+            progress("softmax classifiers", 2 * cfg["epochs"]) as advance:
+        y_gen = unseen.clone().repeat_interleave(cfg["n_gen"])
+        with torch.no_grad():
+            x_gen = torch.cat([model.generate(rows, cfg.get("temperature", 1.0))
+                               for rows in y_gen.split(cfg["generation_batch"])])
+        x_seen, y_seen = x_seen.clone(), y_seen.clone()  # ordinary tensors, not inference-mode ones
+        return {
+            "gzsl": SoftmaxClassifier(hp.feature_dim, all_classes.clone(), hp.num_classes).to(model.device)
+            .fit(torch.cat([x_seen, x_gen]), torch.cat([y_seen, y_gen]), **fit, on_epoch=advance),
+            "zsl": SoftmaxClassifier(hp.feature_dim, unseen.clone(), hp.num_classes).to(model.device)
+            .fit(x_gen, y_gen, **fit, on_epoch=advance),
+        }
+
+
+@torch.no_grad()
+def classifier_scores(model, softmax: dict[str, SoftmaxClassifier], x: Tensor) -> dict[str, Tensor]:
+    """Scores (N×C) of every classifier for every task."""
+    c_hat, _, _ = model.encode(x)
+    nb = naive_bayes_scores(c_hat, model.class_semantics)
+    return {"nb/gzsl": nb, "nb/zsl": nb, "softmax/gzsl": softmax["gzsl"](x), "softmax/zsl": softmax["zsl"](x)}
+
+
+def protocol_metrics(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], seen: Tensor, unseen: Tensor,
+                     calibration_gamma: float | dict[str, float], reported: str) -> dict[str, float]:
+    """ZSL T1 and GZSL U, S, H of both classifiers, and unprefixed those of `reported`."""
+    metrics = {}
+    for name in CLASSIFIERS:
+        metrics |= {f"{name}/{k}": v for k, v in zsl_metrics(
+            scores["test_unseen"][f"{name}/zsl"], labels["test_unseen"], unseen).items()}
+        metrics |= {f"{name}/{k}": v for k, v in gzsl_metrics(
+            scores["test_seen"][f"{name}/gzsl"], labels["test_seen"], scores["test_unseen"][f"{name}/gzsl"],
+            labels["test_unseen"], seen, unseen, gamma_of(calibration_gamma, name)).items()}
+    return metrics | {k[len(reported) + 1:]: v for k, v in metrics.items() if k.startswith(reported + "/")}
+
+
+def best_gammas(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], seen: Tensor,
+                unseen: Tensor) -> dict[str, float]:
+    """Per classifier, the γ of highest GZSL H on these splits, and that H."""
+    found = {}
+    for name in CLASSIFIERS:
+        curve = stacking_curve(scores["test_seen"][f"{name}/gzsl"], labels["test_seen"],
+                               scores["test_unseen"][f"{name}/gzsl"], labels["test_unseen"], seen, unseen)
+        best = max(curve, key=lambda point: point["gzsl/H"])
+        found |= {f"{name}/best_gamma": best["gamma"], f"{name}/best_gamma/gzsl/H": best["gzsl/H"]}
+    return found
+
+
+def evaluate(model, train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tensor, Tensor]], *,
+             batch_size: int = 8192, choose_gamma: bool = False, progress: Progress = _no_progress) -> Evaluation:
+    """The whole protocol for `model` (an IZF module): `train` = the real seen training features
+    and labels, `tests` = {"test_seen": (x, y), "test_unseen": (x, y)}. choose_gamma=True (the
+    validation task only) adds each classifier's best γ to the metrics.
+
+    The classifiers are fitted on their own seeded random stream (softmax.seed), so the reported
+    numbers are a function of the weights and the data alone: the same after training, in a
+    resumed run and in eval.py, whatever drew random numbers before."""
+    require_finite_weights(model, "evaluate")
+    device, hp = model.device, model.hparams
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(hp.softmax.get("seed", 0))
+            softmax = fit_softmax_classifiers(model, *(t.to(device) for t in train), progress=progress)
+        scores, labels = {}, {}
+        for split in TEST_SPLITS:
+            x, y = tests[split]
+            parts = [classifier_scores(model, softmax, rows.to(device)) for rows in x.split(batch_size)]
+            scores[split] = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+            labels[split] = y.to(device)
+    finally:
+        model.train(was_training)
+    seen, unseen = model.seen_classes, model.unseen_classes
+    metrics = protocol_metrics(scores, labels, seen, unseen, hp.calibration_gamma, hp.classifier)
+    if choose_gamma:
+        metrics |= best_gammas(scores, labels, seen, unseen)
+    key, gamma = f"{hp.classifier}/gzsl", gamma_of(hp.calibration_gamma, hp.classifier)
+    predictions = {split: (calibrated_stacking(scores[split][key], model.seen_mask, gamma).argmax(1), labels[split])
+                   for split in TEST_SPLITS}
+    return Evaluation(metrics, scores, labels, predictions)

@@ -1,0 +1,38 @@
+"""The package as pip installs it: built from pyproject.toml into a folder of its own and imported
+from there, away from the checkout, it finds its configuration and runs its commands."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+# The checkout is importable here through the editable install's finder; drop it, and put the
+# installed copy first, so what is imported is the installed one.
+WITHOUT_CHECKOUT = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in "
+                    "getattr(f, '__module__', '')]; sys.path.insert(0, sys.argv.pop(1)); ")
+
+
+@pytest.mark.slow
+def test_installed_package_imports_and_finds_its_configuration(tmp_path):
+    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(REPO)], check=True, capture_output=True, timeout=300)
+    assert (target / "izf" / "conf" / "train.yaml").is_file() and (target / "izf" / "conf" / "dataset").is_dir()
+
+    def run(code, *args):
+        return subprocess.run([sys.executable, "-c", WITHOUT_CHECKOUT + code, str(target), *args], cwd=elsewhere,
+                              capture_output=True, text=True, timeout=300, check=True).stdout
+
+    where = run("import izf, izf.config; print(izf.__file__); print(izf.config.config_dir())").split()
+    assert where == [str(target / "izf" / "__init__.py"), str(target / "izf" / "conf")]
+    composed = run("from izf.config import compose; print(compose('train', ['dataset=apy']).model.flow.blocks)")
+    assert composed.strip() == "5"
+    data_cli = "import runpy; runpy.run_module('izf.data', run_name='__main__')"
+    run(data_cli, "fake", "--like", "APY", "--out", str(elsewhere / "fake"), "--feature-dim", "8")
+    assert "split test_unseen" in run(data_cli, "check", str(elsewhere / "fake"))
+    url = run("from omegaconf import OmegaConf; from izf.config import config_dir; from izf.data.__main__ "
+              "import DOWNLOAD_CONFIG; print(OmegaConf.load(config_dir() / DOWNLOAD_CONFIG).url)")
+    assert url.strip().endswith("xlsa17.zip")  # the download command's configuration, from the package
