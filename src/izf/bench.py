@@ -48,8 +48,8 @@ class StepTimer(L.Callback):
     The device is synchronised at each hook."""
 
     def __init__(self, warmup: int):
-        self.warmup, self.seconds, self.steps = warmup, defaultdict(float), 0
-        self._step, self._last, self._first = 0, 0.0, None
+        self.warmup, self.seconds, self.steps, self.total = warmup, defaultdict(float), 0, 0.0
+        self._step, self._last, self._first = 0, 0.0, 0.0
 
     def _now(self, pl_module: L.LightningModule) -> float:
         sync(pl_module.device)
