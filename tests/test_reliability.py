@@ -224,7 +224,9 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, train_cli):
 # ---- sweeps ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path, train_cli):
-    proc = train_cli("-m", *TINY, "debug=fast", "model.loss.negative=-1,0", f"hydra.sweep.dir={tmp_path}")
+    # Generated data under two benchmarks' names, so the paper layout has published numbers to show.
+    proc = train_cli("-m", *TINY, "debug=fast", "dataset.name=AWA1,CUB", "model.loss.negative=-1,0",
+                     f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     failure = (tmp_path / "0" / "error.txt").read_text()
     assert failure.startswith("model.loss.negative=-1: expected a weight ≥ 0") and "ConfigError" in failure
@@ -234,6 +236,10 @@ def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path,
     assert "failed" in printed.stdout and "expected a weight ≥ 0" in printed.stdout
     markdown = (tmp_path / "report.md").read_text()
     assert "model.loss.negative=0" in markdown and "## Failed or unfinished runs" in markdown
+    subprocess.run([sys.executable, "-m", "izf.report", str(tmp_path), "--paper"], capture_output=True, check=True)
+    paper = (tmp_path / "paper.md").read_text()
+    assert "| AWA1 T1 | AWA1 U | AWA1 S | AWA1 H | CUB T1 |" in paper and "1 (+1 failed)" in paper
+    assert "59.4" in paper and "80.5" in paper  # CUB's H and AWA1's S as published
 
 
 @pytest.mark.slow

@@ -10,13 +10,15 @@ from izf.report import main as report_main
 from izf.report import report
 
 
-def _job(root, number, overrides, metrics=None, failure=None, dataset="AWA2", split="test"):
+def _job(root, number, overrides, metrics=None, failure=None, dataset="AWA2", split="test", nb_factor=1.0):
     folder = root / str(number)
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": dataset, "split": split}}))
-    if metrics is not None:
-        full = {f"{c}/{k}": v for c in ("nb", "softmax") for k, v in metrics.items()}
+    if metrics is not None:  # the reported classifier's (unprefixed) are the softmax ones
+        full = {f"{c}/{k}": v * (nb_factor if c == "nb" else 1.0)
+                for c in ("nb", "softmax") for k, v in metrics.items()}
+        full |= metrics
         full["time/wall_s"] = 60.0 * (number + 1)  # job n took n + 1 minutes
         (folder / "metrics.json").write_text(json.dumps(full))
     if failure is not None:
@@ -70,3 +72,31 @@ def test_validation_and_test_runs_are_never_averaged_together(tmp_path):
 def test_no_jobs_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no job folders"):
         report([tmp_path])
+
+
+def test_paper_layout_next_to_the_published_numbers(tmp_path):
+    """Datasets as column groups; the published value and the difference beside each number; an
+    unconfirmed published value marked; a failed run counted; validation runs left out."""
+    for number, (dataset, h, split) in enumerate([("CUB", 0.50, "test"), ("CUB", None, "test"), ("CUB", 0.60, "test"),
+                                                   ("AWA2", 0.70, "test"), ("AWA2", 0.66, "validation"),
+                                                   ("mine", 0.40, "test")]):
+        _job(tmp_path, number, [f"seed={number}"], metrics=None if h is None else _metrics(h),
+             failure="diverged" if h is None else None, dataset=dataset, split=split, nb_factor=0.5)
+    assert report_main([str(tmp_path), "--paper"]) == 0
+    cells = {(row["dataset"], row["metric"]): row for row in csv.DictReader((tmp_path / "paper.csv").open())}
+    assert [d for d, m in cells if m == "gzsl/H"] == ["AWA2", "CUB", "mine"]  # published order, then the rest
+    cub_h = cells[("CUB", "gzsl/H")]
+    assert (float(cub_h["mean"]), float(cub_h["std"]), cub_h["runs"], cub_h["failed"]) == \
+        (pytest.approx(55.0), pytest.approx(7.0711, abs=1e-3), "2", "1")
+    assert float(cub_h["published"]) == 59.4 and float(cub_h["difference"]) == pytest.approx(-4.4)
+    assert cells[("CUB", "gzsl/S")]["published_confirmed"] == "False"  # recalled, not from the table
+    assert cells[("AWA2", "gzsl/H")]["runs"] == "1"  # the validation run is not a result
+    assert cells[("mine", "gzsl/H")]["published"] == "" and cells[("CUB", "zsl/T1")]["published"] == ""
+    markdown = (tmp_path / "paper.md").read_text()
+    assert "| CUB T1 | CUB U | CUB S | CUB H |" in markdown and "55.0 ± 7.1" in markdown
+    assert "68.0*" in markdown and "-4.4" in markdown and "2 (+1 failed)" in markdown
+    assert "arXiv:2007.04873" in markdown and "1 validation-task run(s) left out" in markdown
+    assert (tmp_path / "paper.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report_main([str(tmp_path), "--paper", "--classifier", "nb"]) == 0  # a chosen classifier's numbers
+    nb = {(r["dataset"], r["metric"]): r for r in csv.DictReader((tmp_path / "paper.csv").open())}
+    assert float(nb[("CUB", "gzsl/H")]["mean"]) == pytest.approx(27.5)

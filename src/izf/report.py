@@ -5,6 +5,10 @@ every swept key except the seed, and gives per classifier ZSL T1 and GZSL U/S/H 
 std over the seeds, with the number of runs and their mean wall time. Jobs that failed (error.txt)
 or never finished are listed with their reason. Prints the table and writes report.md and
 report.csv beside the jobs.
+
+With --paper: the paper's layout instead (datasets as column groups, the reported classifier's test
+numbers beside the published ones from conf/published/izf.yaml and the difference), written to
+paper.md, paper.csv and paper.png.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from izf.config import config_dir
 from izf.io import atomic_path, write_csv
 from izf.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY
 
@@ -45,6 +50,14 @@ class Group:
         return ", ".join(f"{k}={v}" for k, v in self.key) or "(all)"
 
 
+def _dataset_name(config) -> str:
+    """The dataset's name; for a folder of one's own (dataset=custom) the folder's name, so that
+    runs on different folders are not averaged together."""
+    name = str(OmegaConf.select(config, "dataset.name", default="?"))
+    root = OmegaConf.select(config, "dataset.root", default=None, throw_on_missing=False)
+    return Path(root).name if name in ("custom", "xlsa17") and isinstance(root, str) and root != "???" else name
+
+
 def find_jobs(roots: list[Path]) -> list[Job]:
     """Every job folder (holding .hydra/overrides.yaml) under the given sweep folders."""
     jobs = []
@@ -53,7 +66,7 @@ def find_jobs(roots: list[Path]) -> list[Job]:
             folder = overrides_file.parent.parent
             overrides = dict(o.lstrip("+~").split("=", 1) for o in OmegaConf.load(overrides_file) if "=" in o)
             config = OmegaConf.load(folder / ".hydra" / "config.yaml")
-            job = Job(folder, overrides, dataset=str(OmegaConf.select(config, "dataset.name", default="?")),
+            job = Job(folder, overrides, dataset=_dataset_name(config),
                       task=str(OmegaConf.select(config, "dataset.split", default="test")))
             if (folder / METRICS_FILE).is_file():
                 job.metrics = json.loads((folder / METRICS_FILE).read_text())
@@ -123,11 +136,128 @@ def _markdown(rows: list[dict], failed: list[Job]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PUBLISHED = "published/izf.yaml"  # under the config folder
+
+
+@dataclass
+class PaperCell:
+    """One dataset × metric of the paper layout: this framework's runs and the published value."""
+    dataset: str
+    metric: str
+    values: list[float]
+    failed: int
+    published: float | None = None
+    confirmed: bool = True
+
+    def ours(self) -> str:
+        if not self.values:
+            return "—"
+        if len(self.values) == 1:
+            return f"{self.values[0]:.1f}"
+        return f"{statistics.mean(self.values):.1f} ± {statistics.stdev(self.values):.1f}"
+
+    def theirs(self) -> str:
+        return "—" if self.published is None else f"{self.published:.1f}" + ("" if self.confirmed else "*")
+
+    def difference(self) -> float | None:
+        return None if self.published is None or not self.values else statistics.mean(self.values) - self.published
+
+
+def paper_cells(jobs: list[Job], published: dict, classifier: str | None = None) -> list[PaperCell]:
+    """Test-split jobs grouped by dataset (published datasets first, in their order), one cell per
+    metric; `classifier` None takes the run's reported classifier (the unprefixed metrics)."""
+    tested = [job for job in jobs if job.task == "test"]
+    names = [name for name in published["results"] if any(job.dataset == name for job in tested)]
+    names += sorted({job.dataset for job in tested} - set(names))
+    cells = []
+    for name in names:
+        done = [job.metrics for job in tested if job.dataset == name and job.metrics is not None]
+        failed = sum(job.dataset == name and job.metrics is None for job in tested)
+        for metric in METRIC_COLUMNS:
+            key = f"{classifier}/{metric}" if classifier else metric
+            entry = published["results"].get(name, {}).get(metric)
+            cells.append(PaperCell(name, metric, [100 * m[key] for m in done if key in m], failed,
+                                   None if entry is None else float(entry["value"]),
+                                   True if entry is None else bool(entry["confirmed"])))
+    return cells
+
+
+def _paper_markdown(cells: list[PaperCell], published: dict, classifier: str | None, skipped: int) -> str:
+    header = ["", *(f"{c.dataset} {c.metric.split('/')[1]}" for c in cells)]
+    runs = [f"{len(c.values)}" + (f" (+{c.failed} failed)" if c.failed else "") for c in cells]
+    differences = ["—" if (d := c.difference()) is None else f"{d:+.1f}" for c in cells]
+    rows = [[f"this framework ({classifier or 'reported classifier'})", *(c.ours() for c in cells)],
+            ["runs", *runs],
+            [f"published ({published['method']})", *(c.theirs() for c in cells)],
+            ["difference", *differences]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines.append("\n%, mean ± sample std over the runs of each dataset's test split. "
+                 f"Published: {published['source']}.")
+    if any(not c.confirmed for c in cells if c.published is not None):
+        lines.append("\\* recalled, not confirmed from the paper's table.")
+    if skipped:
+        lines.append(f"{skipped} validation-task run(s) left out: they are model selection, not results.")
+    return "\n".join(lines) + "\n"
+
+
+def _paper_figure(cells: list[PaperCell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in cells if c.metric != "zsl/T1"]
+    figure, axes = plt.subplots(figsize=(max(5.0, 0.6 * len(shown)), 3.8))
+    positions = range(len(shown))
+    means = [statistics.mean(c.values) if c.values else 0.0 for c in shown]
+    errors = [statistics.stdev(c.values) if len(c.values) > 1 else 0.0 for c in shown]
+    axes.bar([x - 0.2 for x in positions], means, 0.4, yerr=errors, label="this framework")
+    axes.bar([x + 0.2 for x in positions], [c.published or 0.0 for c in shown], 0.4, label="published", alpha=0.6)
+    axes.set_xticks(list(positions), [f"{c.dataset}\n{c.metric.split('/')[1]}" for c in shown], fontsize=7)
+    axes.set(ylabel="%", title="GZSL U / S / H: this framework vs published")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+
+
+def paper_report(roots: list[Path], out: Path, classifier: str | None = None) -> list[PaperCell]:
+    """The paper layout: prints it, writes paper.md, paper.csv (one row per dataset × metric) and paper.png."""
+    jobs = find_jobs(roots)
+    published = OmegaConf.to_container(OmegaConf.load(config_dir() / PUBLISHED))
+    cells = paper_cells(jobs, published, classifier)
+    if not cells:
+        raise SystemExit(f"error: no test-split jobs under {', '.join(map(str, roots))}")
+    markdown = _paper_markdown(cells, published, classifier, sum(job.task != "test" for job in jobs))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "paper.md") as tmp:
+        tmp.write_text(markdown)
+    write_csv(out / "paper.csv", ["dataset", "metric", "mean", "std", "runs", "failed", "published",
+                                  "published_confirmed", "difference"],
+              ([c.dataset, c.metric, statistics.mean(c.values) if c.values else "",
+                statistics.stdev(c.values) if len(c.values) > 1 else "", len(c.values), c.failed,
+                "" if c.published is None else c.published, c.confirmed if c.published is not None else "",
+                "" if c.difference() is None else c.difference()] for c in cells))
+    _paper_figure(cells, out / "paper.png")
+    print(markdown)
+    print(f"wrote {out / 'paper.md'}, {out / 'paper.csv'} and {out / 'paper.png'}")
+    return cells
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m izf.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", type=Path, help="multirun folders (logs/multiruns/<date_time>)")
     parser.add_argument("--out", type=Path, help="where report.md/report.csv go (default: the first sweep folder)")
+    parser.add_argument("--paper", action="store_true",
+                        help="the paper's layout beside the published numbers (paper.md, paper.csv, paper.png)")
+    parser.add_argument("--classifier", choices=CLASSIFIERS,
+                        help="with --paper: this classifier's numbers (default: each run's reported one)")
     args = parser.parse_args(argv)
+    if args.paper:
+        paper_report(args.sweeps, args.out or args.sweeps[0], args.classifier)
+        return 0
     rows, failed = report(args.sweeps)
 
     table = Table(title="IZF results (%, mean ± std over seeds)")
