@@ -41,7 +41,7 @@ def _run_train(*overrides, check=True):
     return proc
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def train_cli():
     """Runs train.py through the real CLI: train_cli(*overrides, check=True) -> CompletedProcess."""
     return _run_train

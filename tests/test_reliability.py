@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning.pytorch as L
+import optuna
 import pytest
 import torch
 import yaml
@@ -18,7 +20,7 @@ from izf.config import compose
 from izf.errors import ConfigError, DivergenceError
 from izf.model import losses
 from izf.outputs import WALL_TIME_KEY
-from izf.report import report, retrain_command
+from izf.report import retrain_command
 from izf.training.callbacks import NonFiniteGuard
 from izf.training.checkpoints import AtomicCheckpointIO, check_checkpoint
 from izf.training.run import build
@@ -177,13 +179,20 @@ def _metrics(run_dir):
     return {k: v for k, v in metrics.items() if k != WALL_TIME_KEY}
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, train_cli):
+    """An uninterrupted run: what every interrupted and resumed run must reproduce."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    train_cli(*RESUMABLE, f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, train_cli):
-    train_cli(*RESUMABLE, f"hydra.run.dir={tmp_path / 'straight'}")
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, train_cli, straight):
     train_cli(*RESUMABLE, f"hydra.run.dir={tmp_path / 'again'}")
-    assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "again")  # same seed, same numbers
+    assert _metrics(straight) == _metrics(tmp_path / "again")  # same seed, same numbers
     train_cli(*RESUMABLE, "seed=1", f"hydra.run.dir={tmp_path / 'seed1'}")
-    assert _metrics(tmp_path / "seed1") != _metrics(tmp_path / "straight")
+    assert _metrics(tmp_path / "seed1") != _metrics(straight)
 
     killed = tmp_path / "killed"
     process = _start(killed)
@@ -195,14 +204,52 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, train_cli):
         torch.load(path, weights_only=False)
     train_cli(*RESUMABLE, "ckpt_path=last", f"hydra.run.dir={killed}")
     assert not list((killed / "checkpoints").glob(".*.tmp"))  # a kill's half-written leftovers are cleared
-    assert _metrics(killed) == _metrics(tmp_path / "straight")
-    assert _final_weights(killed).keys() == _final_weights(tmp_path / "straight").keys()
+    assert _metrics(killed) == _metrics(straight)
+    assert _final_weights(killed).keys() == _final_weights(straight).keys()
     for name, tensor in _final_weights(killed).items():  # bit for bit, not only the same accuracies
-        assert torch.equal(tensor, _final_weights(tmp_path / "straight")[name]), name
+        assert torch.equal(tensor, _final_weights(straight)[name]), name
 
 
 def _final_weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def _task_of(sweep):
+    """The pid of the running submitit task (the process executing the job) of a local sweep."""
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = stat.read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone meanwhile
+            continue
+        if "submitit.core._submit" in command and str(sweep) in command:
+            return int(stat.parent.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_preempted_cluster_job_is_requeued_and_resumes_to_the_same_numbers(tmp_path, straight):
+    """launcher=local runs the SLURM launcher's code path (submitit) on this machine, each job in a
+    process of its own: the job gets submitit's preemption signal mid-run, writes last.ckpt, is
+    requeued, resumes from it, and ends with the same weights and metrics as a run that was never
+    interrupted."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+    command = [sys.executable, "train.py", "-m", *RESUMABLE, "launcher=local", f"hydra.sweep.dir={sweep}"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = sweep / "0"
+    _wait_for(job / "checkpoints" / "step_100.ckpt", process)
+    task = _task_of(sweep)
+    assert task is not None
+    os.kill(task, signal.SIGUSR2)  # what SLURM sends (through submitit's --signal) before preempting
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Submitit 'local' sweep" in stdout + stderr and list(sweep.glob(".submitit/*/*_result.pkl"))
+    logs = "".join(path.read_text() for path in (sweep / ".submitit").rglob("*_log.*"))
+    assert "this job is preempted" in logs and "Requeued job" in logs  # submitit's own account
+    assert "preempted: saved" in logs and "resuming from" in logs  # ours: saved, then resumed from it
+    assert _metrics(job) == _metrics(straight)
+    for name, tensor in _final_weights(job).items():
+        assert torch.equal(tensor, _final_weights(straight)[name]), name
 
 
 @pytest.mark.slow
@@ -250,9 +297,10 @@ def test_optuna_search_on_the_validation_task_survives_failing_trials(tmp_path, 
         "# @package _global_\n"
         "defaults:\n  - izf_optuna\n"  # the shipped search, narrowed: 3 trials, one weight that can fail
         "hydra:\n  sweeper:\n    n_trials: 3\n    params:\n      model.loss.negative: choice(-1, 0.3)\n")
-    sweep = tmp_path / "sweep"
-    proc = train_cli("-m", *TINY, "debug=fast", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-                     "hparams_search=tiny", "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep}")
+    sweep, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'study.db'}"
+    search = ["-m", *TINY, "debug=fast", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hparams_search=tiny",
+              "hydra.sweeper.sampler.seed=0", f"hydra.sweeper.storage={storage}"]
+    proc = train_cli(*search, f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_params"]["model.loss.negative"] == 0.3 and 0 <= results["best_value"] <= 1
@@ -262,16 +310,10 @@ def test_optuna_search_on_the_validation_task_survives_failing_trials(tmp_path, 
     assert failed and all("model.loss.negative=-1" in (job / "error.txt").read_text() for job in failed)
     assert "python train.py" in retrain_command(sweep) and "dataset.split=test" in retrain_command(sweep)
     assert "model.loss.negative=0.3" in retrain_command(sweep) and "hparams_search" not in retrain_command(sweep)
-
-
-@pytest.mark.slow
-def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, train_cli):
-    proc = train_cli("-m", *TINY, "debug=fast", "launcher=local", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
-    assert "Submitit 'local' sweep" in proc.stdout + proc.stderr
-    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["0", "1"]
-    assert list(tmp_path.glob(".submitit/*/*_result.pkl"))  # submitit's own bookkeeping, one per job
-    rows, failed = report([tmp_path])
-    assert not failed and rows[0]["runs"] == 2
+    # The study lives in its sqlite storage: a second search (a restart) continues it.
+    proc = train_cli(*search, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'again'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(optuna.load_study(study_name="izf_synthetic", storage=storage).trials) == 3 + 1
 
 
 # ---- several processes (DDP on CPU) ---------------------------------------------------------

@@ -1,10 +1,11 @@
 """Checkpoints that survive being killed, are refused when they do not fit, and a clean stop on
-SIGTERM (what SLURM sends before preempting a job)."""
+SIGTERM or a cluster's preemption signal, with a checkpoint to resume from."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +62,32 @@ def check_checkpoint(path: str | Path, model: L.LightningModule) -> None:
 
 class SaveOnSigterm(L.Callback):
     """On SIGTERM, finish the current step, write last.ckpt and stop: Lightning then ends fit with
-    its SIGTERMException, which the run reports as 'interrupted, resumable' (run.py)."""
+    its SIGTERMException, which the run reports as 'interrupted, resumable' (run.py).
+
+    On the preemption signal of a cluster job launched by submitit (launcher=slurm or local; USR2
+    unless $SUBMITIT_PREEMPT_SIGNAL says otherwise), whose handler requeues the job and exits at
+    once: finish the current step and write last.ckpt first, then hand over to that handler. The
+    requeued job starts again with ckpt_path=last (the launcher configs set it) and resumes from
+    that checkpoint, in its own run directory."""
 
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
         self.saved_to: Path | None = None
+        self._preempted: tuple | None = None  # (handler to hand over to, signum, frame)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        number = getattr(signal, f"SIG{name}", None)
+        previous = signal.getsignal(number) if number is not None else None
+        if callable(previous):  # someone (submitit) acts on it: defer that to the end of the step
+            signal.signal(number, lambda signum, frame: setattr(self, "_preempted", (previous, signum, frame)))
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.received_sigterm and self.saved_to is None:
+        if (trainer.received_sigterm or self._preempted) and self.saved_to is None:
             self.saved_to = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(self.saved_to)
-            log.warning("SIGTERM: saved %s at step %d; resume with ckpt_path=last and the same hydra.run.dir",
-                        self.saved_to, trainer.global_step)
+            log.warning("%s: saved %s at step %d; resume with ckpt_path=last and the same hydra.run.dir",
+                        "SIGTERM" if trainer.received_sigterm else "preempted", self.saved_to, trainer.global_step)
+        if self._preempted:
+            handler, signum, frame = self._preempted
+            handler(signum, frame)  # submitit: requeue this job, then exit
