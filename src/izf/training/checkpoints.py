@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,8 @@ class SaveOnSigterm(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
         number = getattr(signal, f"SIG{name}", None)
-        previous = signal.getsignal(number) if number is not None else None
+        in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
+        previous = signal.getsignal(number) if number is not None and in_main_thread else None
         if callable(previous):  # someone (submitit) acts on it: defer that to the end of the step
             signal.signal(number, lambda signum, frame: setattr(self, "_preempted", (previous, signum, frame)))
 
