@@ -31,10 +31,14 @@ TINY = [*SMALL, "model.flow.blocks=2", "model.flow.hidden=32", "model.softmax.n_
         "logger=none", "callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI run in the tests: W&B off, paths relative to the checkout."""
+    return {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+
+
 def _run_train(*overrides, check=True):
     """train.py in a subprocess with these overrides (W&B off); fails the test with its output."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
-    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

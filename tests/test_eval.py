@@ -3,7 +3,6 @@ and clear errors for a wrong checkpoint or dataset."""
 
 import csv
 import json
-import os
 import subprocess
 import sys
 
@@ -15,11 +14,11 @@ from izf.errors import ConfigError
 from izf.evaluation.calibration import gamma_grid, stacking_curve
 from izf.outputs import WALL_TIME_KEY
 from izf.training.evaluate import evaluate_checkpoint
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, cli_env
 
 
 def run_eval(*overrides):
-    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+    env = cli_env()
     return subprocess.run([sys.executable, "eval.py", *overrides], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
 

@@ -24,7 +24,7 @@ from izf.report import retrain_command
 from izf.training.callbacks import NonFiniteGuard
 from izf.training.checkpoints import AtomicCheckpointIO, check_checkpoint
 from izf.training.run import build
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, cli_env
 
 
 def composed(*overrides, run_dir=None):
@@ -160,7 +160,7 @@ RESUMABLE = [*TINY, "trainer.max_steps=300", "callbacks.model_checkpoint.every_n
 
 
 def _start(run_dir, *overrides):
-    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+    env = cli_env()
     return subprocess.Popen([sys.executable, "train.py", *RESUMABLE, *overrides, f"hydra.run.dir={run_dir}"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -233,7 +233,7 @@ def test_a_preempted_cluster_job_is_requeued_and_resumes_to_the_same_numbers(tmp
     requeued, resumes from it, and ends with the same weights and metrics as a run that was never
     interrupted."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
+    env = cli_env()
     command = [sys.executable, "train.py", "-m", *RESUMABLE, "launcher=local", f"hydra.sweep.dir={sweep}"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job = sweep / "0"

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from izf.config import compose
-from izf.evaluation.protocol import TEST_SPLITS, classifier_scores, fit_softmax_classifiers
+from izf.evaluation.protocol import TEST_SPLITS, fit_softmax_classifiers, score_splits
 from izf.training.evaluate import evaluate_model
 from izf.training.run import build
 
@@ -165,9 +165,8 @@ def evaluation_seconds(model, datamodule) -> dict[str, float]:
     sync(device)
     out["softmax fit (generate + train)"] = time.perf_counter() - start
     start = time.perf_counter()
-    for split in TEST_SPLITS:
-        for rows in datamodule.split(split)[0].split(datamodule.hparams.eval_batch_size):
-            classifier_scores(model, softmax, rows.to(device))
+    score_splits(model, softmax, {split: datamodule.split(split) for split in TEST_SPLITS},
+                 datamodule.hparams.eval_batch_size)
     sync(device)
     out["scores, both classifiers, test sets"] = time.perf_counter() - start
     return out

@@ -96,16 +96,34 @@ def protocol_metrics(scores: dict[str, dict[str, Tensor]], labels: dict[str, Ten
     return metrics | {k[len(reported) + 1:]: v for k, v in metrics.items() if k.startswith(reported + "/")}
 
 
+def stacking_curves(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], seen: Tensor, unseen: Tensor,
+                    gammas: list[float] | None = None) -> dict[str, list[dict[str, float]]]:
+    """Per classifier, GZSL U, S, H at each γ (default: a grid over its own score scale)."""
+    return {name: stacking_curve(scores["test_seen"][f"{name}/gzsl"], labels["test_seen"],
+                                 scores["test_unseen"][f"{name}/gzsl"], labels["test_unseen"], seen, unseen, gammas)
+            for name in CLASSIFIERS}
+
+
 def best_gammas(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], seen: Tensor,
                 unseen: Tensor) -> dict[str, float]:
     """Per classifier, the γ of highest GZSL H on these splits, and that H."""
     found = {}
-    for name in CLASSIFIERS:
-        curve = stacking_curve(scores["test_seen"][f"{name}/gzsl"], labels["test_seen"],
-                               scores["test_unseen"][f"{name}/gzsl"], labels["test_unseen"], seen, unseen)
+    for name, curve in stacking_curves(scores, labels, seen, unseen).items():
         best = max(curve, key=lambda point: point["gzsl/H"])
         found |= {f"{name}/best_gamma": best["gamma"], f"{name}/best_gamma/gzsl/H": best["gzsl/H"]}
     return found
+
+
+def score_splits(model, softmax: dict[str, SoftmaxClassifier], tests: dict[str, tuple[Tensor, Tensor]],
+                 batch_size: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
+    """(scores[split]["<classifier>/<task>"], labels[split]) of each test split, in rows of batch_size."""
+    scores, labels = {}, {}
+    for split in TEST_SPLITS:
+        x, y = tests[split]
+        parts = [classifier_scores(model, softmax, rows.to(model.device)) for rows in x.split(batch_size)]
+        scores[split] = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        labels[split] = y.to(model.device)
+    return scores, labels
 
 
 def evaluate(model, train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tensor, Tensor]], *,
@@ -125,12 +143,7 @@ def evaluate(model, train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tensor,
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(hp.softmax.get("seed", 0))
             softmax = fit_softmax_classifiers(model, *(t.to(device) for t in train), progress=progress)
-        scores, labels = {}, {}
-        for split in TEST_SPLITS:
-            x, y = tests[split]
-            parts = [classifier_scores(model, softmax, rows.to(device)) for rows in x.split(batch_size)]
-            scores[split] = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-            labels[split] = y.to(device)
+        scores, labels = score_splits(model, softmax, tests, batch_size)
     finally:
         model.train(was_training)
     seen, unseen = model.seen_classes, model.unseen_classes

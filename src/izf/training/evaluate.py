@@ -18,9 +18,8 @@ from rich.table import Table
 
 from izf.data import ZSLDataModule
 from izf.errors import ConfigError
-from izf.evaluation.calibration import stacking_curve
 from izf.evaluation.pictures import save_figure
-from izf.evaluation.protocol import TEST_SPLITS, Evaluation, evaluate, gamma_of
+from izf.evaluation.protocol import TEST_SPLITS, Evaluation, evaluate, gamma_of, stacking_curves
 from izf.io import write_csv, write_json
 from izf.outputs import CLASSIFIERS, METRIC_COLUMNS, METRICS_FILE
 from izf.training.hyperparameters import check_hyperparameters
@@ -129,9 +128,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     result = evaluate_model(model, datamodule)
     metrics, scores, labels = result.metrics, result.scores, result.labels
     gammas = list(cfg.calibration.gammas) if cfg.calibration.gammas is not None else None
-    curves = {name: stacking_curve(scores["test_seen"][f"{name}/gzsl"], labels["test_seen"],
-                                   scores["test_unseen"][f"{name}/gzsl"], labels["test_unseen"],
-                                   model.seen_classes, model.unseen_classes, gammas) for name in CLASSIFIERS}
+    curves = stacking_curves(scores, labels, model.seen_classes, model.unseen_classes, gammas)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / METRICS_FILE, metrics | {"checkpoint": str(ckpt_path.resolve())})
