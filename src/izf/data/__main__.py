@@ -26,7 +26,7 @@ from rich.table import Table
 
 from izf.config import config_dir
 from izf.data import cache, download, generate
-from izf.data.benchmarks import BENCHMARKS
+from izf.data.benchmarks import BENCHMARKS, expected_sizes
 from izf.data.xlsa17 import FEATURES_FILE, SENTENCES_FILE, SPLITS_FILE, load_xlsa17, save_xlsa17
 from izf.errors import IZFError
 from izf.io import atomic_folder
@@ -72,10 +72,8 @@ def cmd_check(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     data = load_xlsa17(folder, name=benchmark or folder.name, semantics=args.semantics, cache=not args.no_cache)
     seconds = time.perf_counter() - start
-    if benchmark:  # a known benchmark must look like it (attribute dims only for its own `att`)
-        facts = BENCHMARKS[benchmark]
-        data.check_expected(str(folder), images=facts["images"], seen=facts["seen"], unseen=facts["unseen"],
-                            semantic_dim=facts["semantic_dim"] if args.semantics == "att" else None)
+    if benchmark:  # a known benchmark must look like it: the same check as dataset.benchmark
+        data.check_expected(str(folder), **expected_sizes(benchmark, args.semantics))
     table = Table(title=f"{data.name}: {folder} — valid", show_header=False)
     summary = data.summary()
     rows = {"images": summary["images"],

@@ -73,7 +73,7 @@ def _plain_array(value) -> np.ndarray | None:
     strings (class names) as a string array of the same shape; None for anything else."""
     if not isinstance(value, np.ndarray):
         return None
-    if value.dtype.kind in "biuf" or value.dtype.kind == "U":
+    if value.dtype.kind in "biufU":
         return value
     if value.dtype == object:
         cells = [np.asarray(cell).ravel() for cell in value.ravel()]
