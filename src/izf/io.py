@@ -74,3 +74,19 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]])
     writer.writerows(rows)
     with atomic_path(path) as tmp:
         tmp.write_text(buffer.getvalue())
+
+
+def save_figure(figure, path: Path, dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG, written atomically, and closed (pyplot imported here, with the
+    Agg backend: files only, never a window, and no matplotlib cost for modules that draw nothing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    plt.close(figure)
+    return path

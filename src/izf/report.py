@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from izf.config import config_dir
-from izf.io import atomic_path, write_csv
+from izf.io import atomic_path, save_figure, write_csv
 from izf.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY
 
 SEED_KEYS = ("seed",)
@@ -204,7 +204,7 @@ def _paper_markdown(cells: list[PaperCell], published: dict, classifier: str | N
 def _paper_figure(cells: list[PaperCell], path: Path) -> None:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
     shown = [c for c in cells if c.metric != "zsl/T1"]
@@ -217,10 +217,7 @@ def _paper_figure(cells: list[PaperCell], path: Path) -> None:
     axes.set_xticks(list(positions), [f"{c.dataset}\n{c.metric.split('/')[1]}" for c in shown], fontsize=7)
     axes.set(ylabel="%", title="GZSL U / S / H: this framework vs published")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def paper_report(roots: list[Path], out: Path, classifier: str | None = None) -> list[PaperCell]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from izf.evaluation.metrics import per_class_accuracy
-from izf.io import atomic_path
+from izf.io import save_figure
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -31,16 +31,6 @@ def per_class_rows(predictions: dict[str, tuple[Tensor, Tensor]], seen: Tensor, 
             name = class_names[y] if y < len(class_names) else f"class_{y + 1}"
             rows.append([y, name, kind, int(counts[y]), round(a, 6)])
     return rows
-
-
-def save_figure(figure, path: Path, dpi: int = 110) -> Path:
-    """A matplotlib figure as a PNG, written atomically, and closed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
-    plt.close(figure)
-    return path
 
 
 @torch.no_grad()

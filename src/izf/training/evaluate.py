@@ -18,9 +18,8 @@ from rich.table import Table
 
 from izf.data import ZSLDataModule
 from izf.errors import ConfigError
-from izf.evaluation.pictures import save_figure
 from izf.evaluation.protocol import TEST_SPLITS, Evaluation, evaluate, gamma_of, stacking_curves
-from izf.io import write_csv, write_json
+from izf.io import save_figure, write_csv, write_json
 from izf.outputs import CLASSIFIERS, METRIC_COLUMNS, METRICS_FILE
 from izf.training.hyperparameters import check_hyperparameters
 from izf.training.module import IZF
