@@ -10,14 +10,22 @@ from izf.report import main as report_main
 from izf.report import report
 
 
-def _job(root, number, overrides, metrics=None, failure=None, dataset="AWA2", split="test", nb_factor=1.0):
+def _job(root, number, overrides, metrics=None, failure=None, dataset="AWA2", split="test", nb_factor=1.0,
+         model=None, classifiers=("nb", "softmax")):
+    """A finished (metrics), failed (failure) or killed (neither) job folder; model=(config name,
+    class path) writes the model into the run's config as train.py does (None: an older run)."""
     folder = root / str(number)
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": dataset, "split": split}}))
-    if metrics is not None:  # the reported classifier's (unprefixed) are the softmax ones
+    config = {"dataset": {"name": dataset, "split": split}}
+    if model is not None:
+        config["model"] = {"_target_": model[1]}
+        (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {
+            "model": model[0]}}}}))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics is not None:  # the reported classifier's (unprefixed) are the last classifier's
         full = {f"{c}/{k}": v * (nb_factor if c == "nb" else 1.0)
-                for c in ("nb", "softmax") for k, v in metrics.items()}
+                for c in classifiers for k, v in metrics.items()}
         full |= metrics
         full["time/wall_s"] = 60.0 * (number + 1)  # job n took n + 1 minutes
         (folder / "metrics.json").write_text(json.dumps(full))
@@ -100,3 +108,31 @@ def test_paper_layout_next_to_the_published_numbers(tmp_path):
     assert report_main([str(tmp_path), "--paper", "--classifier", "nb"]) == 0  # a chosen classifier's numbers
     nb = {(r["dataset"], r["metric"]): r for r in csv.DictReader((tmp_path / "paper.csv").open())}
     assert float(nb[("CUB", "gzsl/H")]["mean"]) == pytest.approx(27.5)
+
+
+def test_methods_side_by_side_each_with_its_classifiers_and_published_numbers(tmp_path):
+    """A sweep over model=izf,eszsl: one group per method with its own classifiers; in the paper
+    layout a block of rows per method beside that method's published numbers."""
+    number = 0
+    for model, classifiers, h in ((("izf", "izf.training.module.IZF"), ("nb", "softmax"), 0.5),
+                                  (("eszsl", "izf.baselines.eszsl.ESZSL"), ("compatibility",), 0.2)):
+        for seed in range(2):
+            _job(tmp_path, number, [f"model={model[0]}", f"seed={seed}"], metrics=_metrics(h + 0.1 * seed),
+                 dataset="CUB", model=model, classifiers=classifiers)
+            number += 1
+    rows, failed = report([tmp_path])
+    assert not failed
+    assert {(r["group"], r["classifier"]) for r in rows} == {
+        ("dataset=CUB, task=test, model=izf", "nb"), ("dataset=CUB, task=test, model=izf", "softmax"),
+        ("dataset=CUB, task=test, model=eszsl", "compatibility")}
+    eszsl = next(r for r in rows if r["classifier"] == "compatibility")
+    assert eszsl["gzsl/H"] == "25.00 ± 7.07" and eszsl["runs"] == 2
+
+    assert report_main([str(tmp_path), "--paper"]) == 0
+    cells = {(r["method"], r["metric"]): r for r in csv.DictReader((tmp_path / "paper.csv").open())}
+    assert float(cells[("eszsl", "gzsl/H")]["mean"]) == pytest.approx(25.0)
+    assert float(cells[("eszsl", "gzsl/H")]["published"]) == 21.0  # conf/published/eszsl.yaml
+    assert float(cells[("izf", "gzsl/H")]["published"]) == 59.4    # conf/published/izf.yaml
+    markdown = (tmp_path / "paper.md").read_text()
+    assert "| eszsl: published (ESZSL) |" in markdown and "| izf: published (IZF) |" in markdown
+    assert "arXiv:1707.00600" in markdown and "arXiv:2007.04873" in markdown

@@ -6,9 +6,9 @@ std over the seeds, with the number of runs and their mean wall time. Jobs that 
 or never finished are listed with their reason. Prints the table and writes report.md and
 report.csv beside the jobs.
 
-With --paper: the paper's layout instead (datasets as column groups, the reported classifier's test
-numbers beside the published ones from conf/published/izf.yaml and the difference), written to
-paper.md, paper.csv and paper.png.
+With --paper: the paper's layout instead (datasets as column groups, a block of rows per method: the
+reported classifier's test numbers beside that method's published ones from conf/published/ and the
+difference), written to paper.md, paper.csv and paper.png.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rich.table import Table
 
 from izf.config import config_dir
 from izf.io import atomic_path, save_figure, write_csv
-from izf.outputs import CLASSIFIERS, FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY
+from izf.outputs import FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY, classifiers_in
 
 SEED_KEYS = ("seed",)
 
@@ -37,6 +37,8 @@ class Job:
     overrides: dict[str, str]
     dataset: str
     task: str
+    method: str = "izf"           # the model config's name (izf, izf_paper, eszsl, ...)
+    method_class: str = "IZF"     # the class it builds: whose published numbers apply
     metrics: dict[str, float] | None = None
     failure: str | None = None
 
@@ -66,8 +68,12 @@ def find_jobs(roots: list[Path]) -> list[Job]:
             folder = overrides_file.parent.parent
             overrides = dict(o.lstrip("+~").split("=", 1) for o in OmegaConf.load(overrides_file) if "=" in o)
             config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+            hydra_file = folder / ".hydra" / "hydra.yaml"
+            choices = OmegaConf.load(hydra_file).hydra.runtime.choices if hydra_file.is_file() else {}
+            target = str(OmegaConf.select(config, "model._target_", default="izf.training.module.IZF"))
             job = Job(folder, overrides, dataset=_dataset_name(config),
-                      task=str(OmegaConf.select(config, "dataset.split", default="test")))
+                      task=str(OmegaConf.select(config, "dataset.split", default="test")),
+                      method=str(choices.get("model", "izf")), method_class=target.rsplit(".", 1)[-1])
             if (folder / METRICS_FILE).is_file():
                 job.metrics = json.loads((folder / METRICS_FILE).read_text())
             elif (folder / FAILURE_FILE).is_file():
@@ -110,7 +116,10 @@ def report(roots: list[Path]) -> tuple[list[dict], list[Job]]:
     jobs = find_jobs(roots)
     if not jobs:
         raise SystemExit(f"error: no job folders (with .hydra/overrides.yaml) under {', '.join(map(str, roots))}")
-    rows = [summarise(group, classifier) for group in group_jobs(jobs) for classifier in CLASSIFIERS]
+    rows = []
+    for group in group_jobs(jobs):  # each method reports its own classifiers
+        names = sorted({name for job in group.jobs if job.metrics for name in classifiers_in(job.metrics)})
+        rows += [summarise(group, classifier) for classifier in names or ["—"]]
     return rows, [job for job in jobs if job.metrics is None]
 
 
@@ -136,12 +145,22 @@ def _markdown(rows: list[dict], failed: list[Job]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PUBLISHED = "published/izf.yaml"  # under the config folder
+PUBLISHED = "published"  # under the config folder: one file per method, {method: <class name>, source, results}
+
+
+def published_results() -> dict[str, dict]:
+    """Every method's published numbers, by the name of the class that implements it."""
+    found = {}
+    for path in sorted((config_dir() / PUBLISHED).glob("*.yaml")):
+        entry = OmegaConf.to_container(OmegaConf.load(path))
+        found[entry["method"]] = entry
+    return found
 
 
 @dataclass
 class PaperCell:
-    """One dataset × metric of the paper layout: this framework's runs and the published value."""
+    """One method × dataset × metric of the paper layout: this framework's runs and the published value."""
+    method: str
     dataset: str
     metric: str
     values: list[float]
@@ -163,39 +182,53 @@ class PaperCell:
         return None if self.published is None or not self.values else statistics.mean(self.values) - self.published
 
 
-def paper_cells(jobs: list[Job], published: dict, classifier: str | None = None) -> list[PaperCell]:
-    """Test-split jobs grouped by dataset (published datasets first, in their order), one cell per
-    metric; `classifier` None takes the run's reported classifier (the unprefixed metrics)."""
+def paper_cells(jobs: list[Job], published: dict[str, dict], classifier: str | None = None) -> list[PaperCell]:
+    """Test-split jobs by method and dataset (datasets with published numbers first, in their
+    order), one cell per metric, beside the published value of the method's class; `classifier`
+    None takes each run's reported classifier (the unprefixed metrics)."""
     tested = [job for job in jobs if job.task == "test"]
-    names = [name for name in published["results"] if any(job.dataset == name for job in tested)]
+    methods = list(dict.fromkeys(job.method for job in tested))
+    classes = list(dict.fromkeys(job.method_class for job in tested))  # the first method's datasets lead
+    order = [name for cls in classes for name in published.get(cls, {}).get("results", {})]
+    names = list(dict.fromkeys(name for name in order if any(job.dataset == name for job in tested)))
     names += sorted({job.dataset for job in tested} - set(names))
     cells = []
-    for name in names:
-        done = [job.metrics for job in tested if job.dataset == name and job.metrics is not None]
-        failed = sum(job.dataset == name and job.metrics is None for job in tested)
-        for metric in METRIC_COLUMNS:
-            key = f"{classifier}/{metric}" if classifier else metric
-            entry = published["results"].get(name, {}).get(metric)
-            cells.append(PaperCell(name, metric, [100 * m[key] for m in done if key in m], failed,
-                                   None if entry is None else float(entry["value"]),
-                                   True if entry is None else bool(entry["confirmed"])))
+    for method in methods:
+        jobs_of = [job for job in tested if job.method == method]
+        results = published.get(jobs_of[0].method_class, {}).get("results", {})
+        for name in names:
+            done = [job.metrics for job in jobs_of if job.dataset == name and job.metrics is not None]
+            failed = sum(job.dataset == name and job.metrics is None for job in jobs_of)
+            for metric in METRIC_COLUMNS:
+                key = f"{classifier}/{metric}" if classifier else metric
+                entry = results.get(name, {}).get(metric)
+                cells.append(PaperCell(method, name, metric, [100 * m[key] for m in done if key in m], failed,
+                                       None if entry is None else float(entry["value"]),
+                                       True if entry is None else bool(entry["confirmed"])))
     return cells
 
 
-def _paper_markdown(cells: list[PaperCell], published: dict, classifier: str | None, skipped: int) -> str:
-    header = ["", *(f"{c.dataset} {c.metric.split('/')[1]}" for c in cells)]
-    runs = [f"{len(c.values)}" + (f" (+{c.failed} failed)" if c.failed else "") for c in cells]
-    differences = ["—" if (d := c.difference()) is None else f"{d:+.1f}" for c in cells]
-    rows = [[f"this framework ({classifier or 'reported classifier'})", *(c.ours() for c in cells)],
-            ["runs", *runs],
-            [f"published ({published['method']})", *(c.theirs() for c in cells)],
-            ["difference", *differences]]
+def _paper_markdown(cells: list[PaperCell], published: dict[str, dict], classifier: str | None,
+                    skipped: int, classes: dict[str, str]) -> str:
+    methods = list(dict.fromkeys(c.method for c in cells))
+    first = [c for c in cells if c.method == methods[0]]
+    header = ["", *(f"{c.dataset} {c.metric.split('/')[1]}" for c in first)]
+    rows = []
+    for method in methods:
+        own = [c for c in cells if c.method == method]
+        rows += [[f"{method}: this framework ({classifier or 'reported classifier'})", *(c.ours() for c in own)],
+                 [f"{method}: runs", *(f"{len(c.values)}" + (f" (+{c.failed} failed)" if c.failed else "")
+                                       for c in own)]]
+        if classes[method] in published:
+            rows += [[f"{method}: published ({published[classes[method]]['method']})", *(c.theirs() for c in own)],
+                     [f"{method}: difference", *("—" if (d := c.difference()) is None else f"{d:+.1f}" for c in own)]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines.append("\n%, mean ± sample std over the runs of each dataset's test split. "
-                 f"Published: {published['source']}.")
+    lines.append("\n%, mean ± sample std over the runs of each dataset's test split. Published:")
+    lines += [f"- {entry['method']}: {entry['source']}" for name, entry in published.items()
+              if name in classes.values()]
     if any(not c.confirmed for c in cells if c.published is not None):
-        lines.append("\\* recalled, not confirmed from the paper's table.")
+        lines.append("\n\\* recalled, not confirmed from the paper's table.")
     if skipped:
         lines.append(f"{skipped} validation-task run(s) left out: they are model selection, not results.")
     return "\n".join(lines) + "\n"
@@ -207,33 +240,37 @@ def _paper_figure(cells: list[PaperCell], path: Path) -> None:
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    shown = [c for c in cells if c.metric != "zsl/T1"]
+    shown = [c for c in cells if c.metric == "gzsl/H"] if len({c.method for c in cells}) > 1 else \
+        [c for c in cells if c.metric != "zsl/T1"]
     figure, axes = plt.subplots(figsize=(max(5.0, 0.6 * len(shown)), 3.8))
     positions = range(len(shown))
     means = [statistics.mean(c.values) if c.values else 0.0 for c in shown]
     errors = [statistics.stdev(c.values) if len(c.values) > 1 else 0.0 for c in shown]
     axes.bar([x - 0.2 for x in positions], means, 0.4, yerr=errors, label="this framework")
     axes.bar([x + 0.2 for x in positions], [c.published or 0.0 for c in shown], 0.4, label="published", alpha=0.6)
-    axes.set_xticks(list(positions), [f"{c.dataset}\n{c.metric.split('/')[1]}" for c in shown], fontsize=7)
-    axes.set(ylabel="%", title="GZSL U / S / H: this framework vs published")
+    axes.set_xticks(list(positions), [f"{c.method}\n{c.dataset}\n{c.metric.split('/')[1]}" for c in shown],
+                    fontsize=7)
+    axes.set(ylabel="%", title="GZSL: this framework vs published")
     axes.legend(fontsize=8)
     save_figure(figure, path)
 
 
 def paper_report(roots: list[Path], out: Path, classifier: str | None = None) -> list[PaperCell]:
-    """The paper layout: prints it, writes paper.md, paper.csv (one row per dataset × metric) and paper.png."""
+    """The paper layout: prints it, writes paper.md, paper.csv (one row per method × dataset × metric)
+    and paper.png."""
     jobs = find_jobs(roots)
-    published = OmegaConf.to_container(OmegaConf.load(config_dir() / PUBLISHED))
+    published = published_results()
     cells = paper_cells(jobs, published, classifier)
     if not cells:
         raise SystemExit(f"error: no test-split jobs under {', '.join(map(str, roots))}")
-    markdown = _paper_markdown(cells, published, classifier, sum(job.task != "test" for job in jobs))
+    classes = {job.method: job.method_class for job in jobs}
+    markdown = _paper_markdown(cells, published, classifier, sum(job.task != "test" for job in jobs), classes)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "paper.md") as tmp:
         tmp.write_text(markdown)
-    write_csv(out / "paper.csv", ["dataset", "metric", "mean", "std", "runs", "failed", "published",
+    write_csv(out / "paper.csv", ["method", "dataset", "metric", "mean", "std", "runs", "failed", "published",
                                   "published_confirmed", "difference"],
-              ([c.dataset, c.metric, statistics.mean(c.values) if c.values else "",
+              ([c.method, c.dataset, c.metric, statistics.mean(c.values) if c.values else "",
                 statistics.stdev(c.values) if len(c.values) > 1 else "", len(c.values), c.failed,
                 "" if c.published is None else c.published, c.confirmed if c.published is not None else "",
                 "" if c.difference() is None else c.difference()] for c in cells))
@@ -249,15 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where report.md/report.csv go (default: the first sweep folder)")
     parser.add_argument("--paper", action="store_true",
                         help="the paper's layout beside the published numbers (paper.md, paper.csv, paper.png)")
-    parser.add_argument("--classifier", choices=CLASSIFIERS,
-                        help="with --paper: this classifier's numbers (default: each run's reported one)")
+    parser.add_argument("--classifier",
+                        help="with --paper: this classifier's numbers, e.g. softmax or nb for IZF (default: each "
+                             "run's reported one)")
     args = parser.parse_args(argv)
     if args.paper:
         paper_report(args.sweeps, args.out or args.sweeps[0], args.classifier)
         return 0
     rows, failed = report(args.sweeps)
 
-    table = Table(title="IZF results (%, mean ± std over seeds)")
+    table = Table(title="Results (%, mean ± std over seeds)")
     for column in rows[0]:
         table.add_column(column, justify="left" if column in ("group", "classifier") else "right")
     for row in rows:

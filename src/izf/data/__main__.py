@@ -3,6 +3,8 @@
     python -m izf.data download awa2 [cub ...|all]   fetch and unpack the public xlsa17 archive
     python -m izf.data check awa2|DIR                validate a dataset folder and summarise it
     python -m izf.data fake --like AWA2 --out DIR    a stand-in with the benchmark's shape
+    python -m izf.data extract --images DIR --attributes FILE --out DIR
+                                                     your own images to an xlsa17 folder (ResNet-101 features)
     python -m izf.data bench-load DIR                first (uncached) vs cached load time and memory
 
 Bad data or arguments print one `error: ...` line and exit with status 2.
@@ -25,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from izf.config import config_dir
-from izf.data import cache, download, generate
+from izf.data import cache, download, extract, generate
 from izf.data.benchmarks import BENCHMARKS, expected_sizes
 from izf.data.xlsa17 import FEATURES_FILE, SENTENCES_FILE, SPLITS_FILE, load_xlsa17, save_xlsa17
 from izf.errors import IZFError
@@ -107,6 +109,13 @@ def cmd_fake(args: argparse.Namespace) -> None:
     print(f"wrote {out}: {data.summary()}")
 
 
+def cmd_extract(args: argparse.Namespace) -> None:
+    options = {key: value for key, value in vars(args).items() if key in extract.Extraction.__dataclass_fields__}
+    result = extract.extract(extract.Extraction(**options, progress=not args.no_progress))
+    print(f"wrote {args.out}: {result['images']} images, {result['images_per_s']:.1f} images/s "
+          f"({result['seconds']:.1f} s in the network this run); check it with: python -m izf.data check {args.out}")
+
+
 _LOAD_PROBE = """
 import json, resource, sys, tempfile, time
 from pathlib import Path
@@ -183,6 +192,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_fake)
+
+    p = commands.add_parser("extract", help="your own images (a folder per class) and attribute table to an "
+                                            "xlsa17 folder of ResNet-101 features")
+    p.add_argument("--images", required=True, type=Path, help="one sub-folder of images per class")
+    p.add_argument("--attributes", required=True, type=Path, help="CSV: class name, then its attribute values")
+    p.add_argument("--out", required=True, type=Path, help="the xlsa17 folder to write")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (torchvision's ResNet-101 IMAGENET1K_V1), a state-dict file, or random (tests)")
+    p.add_argument("--unseen-classes", type=Path, help="a file naming the unseen classes, one per line")
+    p.add_argument("--unseen", type=int, help="otherwise: how many classes to draw as unseen (default 20 %%)")
+    p.add_argument("--test-seen-fraction", type=float, default=0.2, help="of each seen class's images")
+    p.add_argument("--seed", type=int, default=0, help="the unseen classes' and held-out images' draw")
+    p.add_argument("--image-size", type=int, default=224, help="the centre crop, after resizing to 256/224 of it")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--chunk", type=int, default=512, help="images per saved chunk (the unit of resumption)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=cmd_extract)
 
     p = commands.add_parser("bench-load", help="time a dataset's load from res101.mat and from the cache")
     p.add_argument("folder", type=Path)

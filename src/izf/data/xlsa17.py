@@ -276,8 +276,9 @@ def _savemat_atomic(path: Path, content: dict) -> None:
         scipy.io.savemat(tmp, content, do_compression=False)
 
 
-def save_xlsa17(data: ZSLData, root: str | Path) -> Path:
-    """Write `data` as an xlsa17 folder (res101.mat + att_splits.mat), each file atomically."""
+def save_xlsa17(data: ZSLData, root: str | Path, image_files: list[str] | None = None) -> Path:
+    """Write `data` as an xlsa17 folder (res101.mat + att_splits.mat), each file atomically;
+    image_files: each row's image path (default: placeholder names)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     n = len(data.labels)
@@ -287,7 +288,7 @@ def save_xlsa17(data: ZSLData, root: str | Path) -> Path:
         names[i, 0] = np.array([class_name])
     files = np.empty((n, 1), dtype=object)
     for i in range(n):
-        files[i, 0] = np.array([f"images/{i + 1:06d}.jpg"])
+        files[i, 0] = np.array([image_files[i] if image_files else f"images/{i + 1:06d}.jpg"])
     _savemat_atomic(root / FEATURES_FILE, {
         "features": data.features.T.astype(np.float64),
         "labels": (data.labels + 1).astype(label_dtype).reshape(-1, 1),

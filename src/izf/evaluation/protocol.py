@@ -1,10 +1,11 @@
-"""The evaluation protocol of a trained IZF model, as one function that returns its results.
+"""The evaluation protocol of a trained zero-shot model (IZF or a baseline), as one function that
+returns its results.
 
-With the flow frozen: generate features of the unseen classes, fit the held-out softmax
-classifiers on them (GZSL: with the real seen features), score both test splits with both
-classifiers (softmax and the naive-Bayes rule on the flow's semantic factor), and compute ZSL T1
-and GZSL U, S, H per classifier. On the validation task it also reports the calibrated-stacking
-shift γ that would have been best: that is where γ is chosen, never on test data.
+With the model's weights fixed: fit its classifiers on the real seen training features (for a
+generative method: held-out softmax classifiers on real seen + generated unseen features), score
+both test splits with every classifier, and compute ZSL T1 and GZSL U, S, H per classifier. On the
+validation task it also reports the calibrated-stacking shift γ that would have been best: that
+is where γ is chosen, never on test data. The model is a izf.training.base.ZSLModule.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from torch import Tensor
 from izf.errors import require_finite_weights
 from izf.evaluation.calibration import stacking_curve
 from izf.evaluation.metrics import calibrated_stacking, gzsl_metrics, zsl_metrics
-from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
-from izf.outputs import CLASSIFIERS
+from izf.model.classifiers import SoftmaxClassifier
 
 TEST_SPLITS = ("test_seen", "test_unseen")
 # progress(description, total) -> a context manager yielding the function that advances it by one
@@ -54,7 +54,9 @@ def fit_softmax_classifiers(model, x_seen: Tensor, y_seen: Tensor,
                             progress: Progress = _no_progress) -> dict[str, SoftmaxClassifier]:
     """Generate n_gen features per unseen class and train the held-out classifiers: GZSL on
     [real seen; generated unseen] over all classes, ZSL on generated unseen only over the
-    unseen classes. `model` is an IZF module (its flow, class buffers and `softmax` settings)."""
+    unseen classes. `model` is a generative ZSLModule: its `generate(classes, temperature)`, class
+    buffers and `softmax` settings (n_gen, epochs, lr, batch_size, weight_decay, balanced,
+    temperature, generation_batch)."""
     cfg, hp = model.hparams.softmax, model.hparams
     unseen = model.unseen_classes
     fit = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "weight_decay")} | {"balanced": cfg.get("balanced", False)}
@@ -75,19 +77,16 @@ def fit_softmax_classifiers(model, x_seen: Tensor, y_seen: Tensor,
         }
 
 
-@torch.no_grad()
-def classifier_scores(model, softmax: dict[str, SoftmaxClassifier], x: Tensor) -> dict[str, Tensor]:
-    """Scores (N×C) of every classifier for every task."""
-    c_hat, _, _ = model.encode(x)
-    nb = naive_bayes_scores(c_hat, model.class_semantics)
-    return {"nb/gzsl": nb, "nb/zsl": nb, "softmax/gzsl": softmax["gzsl"](x), "softmax/zsl": softmax["zsl"](x)}
+def classifier_names(scores: dict[str, dict[str, Tensor]]) -> list[str]:
+    """The classifiers in a scores dict {split: {"<classifier>/<task>": …}}."""
+    return sorted({key.split("/")[0] for key in next(iter(scores.values()))})
 
 
 def protocol_metrics(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], seen: Tensor, unseen: Tensor,
                      calibration_gamma: float | dict[str, float], reported: str) -> dict[str, float]:
-    """ZSL T1 and GZSL U, S, H of both classifiers, and unprefixed those of `reported`."""
+    """ZSL T1 and GZSL U, S, H of every classifier, and unprefixed those of `reported`."""
     metrics = {}
-    for name in CLASSIFIERS:
+    for name in classifier_names(scores):
         metrics |= {f"{name}/{k}": v for k, v in zsl_metrics(
             scores["test_unseen"][f"{name}/zsl"], labels["test_unseen"], unseen).items()}
         metrics |= {f"{name}/{k}": v for k, v in gzsl_metrics(
@@ -101,7 +100,7 @@ def stacking_curves(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tens
     """Per classifier, GZSL U, S, H at each γ (default: a grid over its own score scale)."""
     return {name: stacking_curve(scores["test_seen"][f"{name}/gzsl"], labels["test_seen"],
                                  scores["test_unseen"][f"{name}/gzsl"], labels["test_unseen"], seen, unseen, gammas)
-            for name in CLASSIFIERS}
+            for name in classifier_names(scores)}
 
 
 def best_gammas(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], seen: Tensor,
@@ -114,13 +113,14 @@ def best_gammas(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tensor],
     return found
 
 
-def score_splits(model, softmax: dict[str, SoftmaxClassifier], tests: dict[str, tuple[Tensor, Tensor]],
+def score_splits(model, fitted, tests: dict[str, tuple[Tensor, Tensor]],
                  batch_size: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
-    """(scores[split]["<classifier>/<task>"], labels[split]) of each test split, in rows of batch_size."""
+    """(scores[split]["<classifier>/<task>"], labels[split]) of each test split, in rows of batch_size;
+    `fitted` is what model.fit_classifiers returned."""
     scores, labels = {}, {}
     for split in TEST_SPLITS:
         x, y = tests[split]
-        parts = [classifier_scores(model, softmax, rows.to(model.device)) for rows in x.split(batch_size)]
+        parts = [model.classifier_scores(fitted, rows.to(model.device)) for rows in x.split(batch_size)]
         scores[split] = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         labels[split] = y.to(model.device)
     return scores, labels
@@ -128,11 +128,11 @@ def score_splits(model, softmax: dict[str, SoftmaxClassifier], tests: dict[str, 
 
 def evaluate(model, train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tensor, Tensor]], *,
              batch_size: int = 8192, choose_gamma: bool = False, progress: Progress = _no_progress) -> Evaluation:
-    """The whole protocol for `model` (an IZF module): `train` = the real seen training features
+    """The whole protocol for `model` (a ZSLModule): `train` = the real seen training features
     and labels, `tests` = {"test_seen": (x, y), "test_unseen": (x, y)}. choose_gamma=True (the
     validation task only) adds each classifier's best γ to the metrics.
 
-    The classifiers are fitted on their own seeded random stream (softmax.seed), so the reported
+    The classifiers are fitted on their own seeded random stream (model.classifier_seed), so the reported
     numbers are a function of the weights and the data alone: the same after training, in a
     resumed run and in eval.py, whatever drew random numbers before."""
     require_finite_weights(model, "evaluate")
@@ -141,9 +141,9 @@ def evaluate(model, train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tensor,
     model.eval()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(hp.softmax.get("seed", 0))
-            softmax = fit_softmax_classifiers(model, *(t.to(device) for t in train), progress=progress)
-        scores, labels = score_splits(model, softmax, tests, batch_size)
+            torch.manual_seed(model.classifier_seed)
+            fitted = model.fit_classifiers(*(t.to(device) for t in train), progress=progress)
+        scores, labels = score_splits(model, fitted, tests, batch_size)
     finally:
         model.train(was_training)
     seen, unseen = model.seen_classes, model.unseen_classes

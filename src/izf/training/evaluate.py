@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import hydra
 import lightning.pytorch as L
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -20,9 +21,9 @@ from izf.data import ZSLDataModule
 from izf.errors import ConfigError
 from izf.evaluation.protocol import TEST_SPLITS, Evaluation, evaluate, gamma_of, stacking_curves
 from izf.io import save_figure, write_csv, write_json
-from izf.outputs import CLASSIFIERS, METRIC_COLUMNS, METRICS_FILE
+from izf.outputs import METRIC_COLUMNS, METRICS_FILE, classifiers_in
+from izf.training.base import METHOD_KEY, ZSLModule
 from izf.training.hyperparameters import check_hyperparameters
-from izf.training.module import IZF
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def results_table(metrics: dict[str, float], title: str, chosen: str) -> Table:
     table.add_column("classifier")
     for column in METRIC_COLUMNS:
         table.add_column(column.replace("/", " "), justify="right")
-    for name in CLASSIFIERS:
+    for name in classifiers_in(metrics):
         label = f"{name} (reported)" if name == chosen else name
         table.add_row(label, *(f"{100 * metrics[f'{name}/{c}']:.2f}" for c in METRIC_COLUMNS))
     return table
@@ -53,7 +54,7 @@ def progress_task(trainer: L.Trainer | None, description: str, total: int) -> It
         yield lambda: progress.advance(task)
 
 
-def evaluate_model(model: IZF, datamodule: ZSLDataModule, trainer: L.Trainer | None = None) -> Evaluation:
+def evaluate_model(model: ZSLModule, datamodule: ZSLDataModule, trainer: L.Trainer | None = None) -> Evaluation:
     """The protocol on the datamodule's full splits, in one process (also after multi-GPU
     training); the best γ is reported on the validation task only."""
     tests = {split: datamodule.split(split) for split in TEST_SPLITS}
@@ -62,15 +63,18 @@ def evaluate_model(model: IZF, datamodule: ZSLDataModule, trainer: L.Trainer | N
                     progress=lambda description, total: progress_task(trainer, description, total))
 
 
-def load_model(ckpt_path: str | Path) -> IZF:
+def load_model(ckpt_path: str | Path) -> ZSLModule:
+    """The model a checkpoint holds, as the method class that wrote it (IZF for checkpoints older
+    than the baselines), built from the checkpoint's own hyperparameters."""
     path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such file")
     try:
-        model = IZF.load_from_checkpoint(path, map_location="cpu")
-    except FileNotFoundError:
-        raise ConfigError(f"ckpt_path={path}: no such file") from None
-    except Exception as err:  # not a checkpoint, or not one of IZF
-        raise ConfigError(f"ckpt_path={path}: not a readable IZF checkpoint ({type(err).__name__}: {err})") from None
-    return model  # built from the checkpoint's own hyperparameters: its tensors fit by construction
+        method = torch.load(path, map_location="cpu", weights_only=True).get(METHOD_KEY, "izf.training.module.IZF")
+        model = hydra.utils.get_class(method).load_from_checkpoint(path, map_location="cpu")
+    except Exception as err:  # not a checkpoint, or not one of this framework's
+        raise ConfigError(f"ckpt_path={path}: not a readable izf checkpoint ({type(err).__name__}: {err})") from None
+    return model  # its tensors fit its hyperparameters by construction
 
 
 def dataset_config(cfg: DictConfig, ckpt_path: Path) -> dict:
@@ -83,7 +87,7 @@ def dataset_config(cfg: DictConfig, ckpt_path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(run_config).dataset, resolve=True)
 
 
-def _check_fit(model: IZF, datamodule: ZSLDataModule) -> None:
+def _check_fit(model: ZSLModule, datamodule: ZSLDataModule) -> None:
     hp = model.hparams
     found = (len(datamodule.semantics), datamodule.features.shape[1], datamodule.semantics.shape[1])
     if found != (hp.num_classes, hp.feature_dim, hp.semantic_dim):
@@ -118,8 +122,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     if (gamma := cfg.get("calibration_gamma")) is not None:  # e.g. the γ a validation run chose
         model.hparams.calibration_gamma = OmegaConf.to_container(gamma) if OmegaConf.is_config(gamma) else gamma
     refit = {key: value for key, value in (cfg.get("softmax") or {}).items() if value is not None}
-    model.hparams.softmax = {**model.hparams.softmax, **refit}
-    check_hyperparameters({"calibration_gamma": model.hparams.calibration_gamma, "softmax": model.hparams.softmax})
+    if refit and "softmax" not in model.hparams:
+        raise ConfigError(f"softmax.{next(iter(refit))}: {type(model).__name__} has no held-out softmax classifier "
+                          "settings to change")
+    if refit:
+        model.hparams.softmax = {**model.hparams.softmax, **refit}
+    check_hyperparameters({"calibration_gamma": model.hparams.calibration_gamma,
+                           "softmax": model.hparams.get("softmax", {})})
+    model.check_calibration_gamma(model.hparams.calibration_gamma)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     model.to(device)
@@ -134,7 +144,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     write_csv(output_dir / "calibration.csv", ["classifier", "gamma", "gzsl/U", "gzsl/S", "gzsl/H"],
               ([name, p["gamma"], p["gzsl/U"], p["gzsl/S"], p["gzsl/H"]] for name, curve in curves.items()
                for p in curve))
-    chosen = {name: gamma_of(model.hparams.calibration_gamma, name) for name in CLASSIFIERS}
+    chosen = {name: gamma_of(model.hparams.calibration_gamma, name) for name in model.classifiers}
     _save_curve_plot(curves, chosen, output_dir / "calibration_curve.png")
 
     console = Console()

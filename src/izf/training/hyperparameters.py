@@ -8,7 +8,6 @@ import math
 from typing import Any
 
 from izf.errors import ConfigError
-from izf.outputs import CLASSIFIERS
 
 NONFINITE_ACTIONS = ("stop", "skip")
 MMD_BANDWIDTHS = ("median", "fixed")
@@ -55,9 +54,8 @@ HYPERPARAMETER_RULES = {
     "optimizer.lr": (_positive, "a learning rate > 0"),
     "optimizer.weight_decay": (_non_negative, "a number ≥ 0"),
     "jitter": (_non_negative, "a number ≥ 0"),
-    "calibration_gamma": (lambda v: all(_finite(g) for g in (v.values() if isinstance(v, dict) else [v]))
-                          and (not isinstance(v, dict) or set(v) <= set(CLASSIFIERS)),
-                          f"a finite number, or one per classifier ({', '.join(CLASSIFIERS)})"),
+    "calibration_gamma": (lambda v: all(_finite(g) for g in (v.values() if isinstance(v, dict) else [v])),
+                          "a finite number, or one per classifier"),
     "softmax.n_gen": (_count(1), "an integer ≥ 1"),
     "softmax.epochs": (_count(1), "an integer ≥ 1"),
     "softmax.lr": (_positive, "a learning rate > 0"),

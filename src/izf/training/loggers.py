@@ -18,7 +18,7 @@ from torch import Tensor
 from izf.data import ZSLDataModule
 from izf.evaluation.pictures import PER_CLASS_COLUMNS, per_class_rows, real_vs_generated, toy_scatter
 from izf.io import write_csv
-from izf.training.module import IZF
+from izf.training.base import ZSLModule
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
-def save_pictures(model: IZF, datamodule: ZSLDataModule, predictions: dict[str, tuple[Tensor, Tensor]],
+def save_pictures(model: ZSLModule, datamodule: ZSLDataModule, predictions: dict[str, tuple[Tensor, Tensor]],
                   output_dir: Path, loggers: list[Any]) -> None:
     """Per-class accuracies (CSV, W&B table) of the evaluation's GZSL predictions, and pictures
     (PNG, W&B images) of the tested model."""
@@ -57,8 +57,10 @@ def save_pictures(model: IZF, datamodule: ZSLDataModule, predictions: dict[str, 
                           datamodule.data.class_names)
     write_csv(output_dir / "per_class_accuracy.csv", PER_CLASS_COLUMNS, rows)
     pictures = output_dir / "pictures"
-    images = {"real_vs_generated": real_vs_generated(model, datamodule, pictures / "real_vs_generated.png")}
-    if datamodule.hparams.source == "toy":
+    images = {}
+    if hasattr(model, "generate"):  # a generative method: where do its features sit beside the real ones?
+        images["real_vs_generated"] = real_vs_generated(model, datamodule, pictures / "real_vs_generated.png")
+    if hasattr(model, "generate") and datamodule.hparams.source == "toy":
         images["toy"] = toy_scatter(model, datamodule, pictures / "toy.png")
     for logger in loggers:
         if isinstance(logger, WandbLogger):

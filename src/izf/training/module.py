@@ -11,18 +11,23 @@ import torch
 from torch import Tensor
 
 from izf.errors import ConfigError
+from izf.evaluation.protocol import fit_softmax_classifiers
 from izf.model import losses
+from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
 from izf.model.flow import InvertibleFlow
-from izf.outputs import CLASSIFIERS
+from izf.training.base import ZSLModule
 from izf.training.callbacks import NonFiniteGuard, RandomStreams
 from izf.training.hyperparameters import LOSS_DEFAULTS, NONFINITE_DEFAULTS, check_hyperparameters
 
 ACTNORM_SAMPLE = 1024  # training images that initialise ActNorm (per-dimension mean and std)
 
 
-class IZF(L.LightningModule):
+class IZF(ZSLModule):
     """Hyperparameters are plain containers only (numbers, strings, lists, dicts), so checkpoints
-    load with torch's weights_only=True."""
+    load with torch's weights_only=True. Classifiers: the held-out softmax on real seen + generated
+    unseen features, and the naive-Bayes rule on the flow's semantic factor ĉ."""
+
+    classifiers = ("nb", "softmax")
 
     def __init__(self, num_classes: int, feature_dim: int, semantic_dim: int, flow: dict[str, Any],
                  loss: dict[str, Any], optimizer: dict[str, Any], softmax: dict[str, Any],
@@ -30,13 +35,11 @@ class IZF(L.LightningModule):
                  jitter: float = 0.008,
                  compile: bool = False, nonfinite: dict[str, Any] | None = None,
                  log_term_gradients: bool = True):
-        super().__init__()
+        super().__init__(num_classes, semantic_dim, classifier, calibration_gamma)
         nonfinite = {**NONFINITE_DEFAULTS, **(nonfinite or {})}
         loss = {**LOSS_DEFAULTS, **loss}
         check_hyperparameters({"flow": flow, "loss": loss, "optimizer": optimizer, "softmax": softmax,
                                "jitter": jitter, "calibration_gamma": calibration_gamma, "nonfinite": nonfinite})
-        if classifier not in CLASSIFIERS:
-            raise ConfigError(f"model.classifier must be one of {CLASSIFIERS}, got '{classifier}'")
         if not 0 < semantic_dim < feature_dim:
             raise ConfigError(f"the semantic dim ({semantic_dim}) must be smaller than the feature dim "
                               f"({feature_dim}): f(x) = [ĉ (d_c dims); ẑ (D − d_c dims)]")
@@ -44,25 +47,15 @@ class IZF(L.LightningModule):
         self.hparams.nonfinite, self.hparams.loss = nonfinite, loss
         self.flow = InvertibleFlow(feature_dim, **flow)
         self.step_terms: dict[str, Tensor] = {}  # this step's weighted loss terms, for NonFiniteGuard
-        # Class information travels with the checkpoint, so a reloaded model predicts on its own.
-        self.register_buffer("class_semantics", torch.zeros(num_classes, semantic_dim))
-        self.register_buffer("seen_mask", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("feature_means", torch.zeros(num_classes, feature_dim), persistent=False)
 
     # ---- class information -------------------------------------------------------------------
     def set_classes(self, semantics: Tensor, seen_classes: Tensor, feature_means: Tensor | None = None) -> None:
         """The class semantics, which classes are seen, and (for loss.centre=dataset) the mean
         training feature of each seen class."""
-        self.class_semantics.copy_(semantics)
-        self.seen_mask.zero_()
-        self.seen_mask[seen_classes] = True
+        super().set_classes(semantics, seen_classes)
         if feature_means is not None:
             self.feature_means.copy_(feature_means)
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            self.prepare(datamodule, stage)
 
     def prepare(self, datamodule, stage: str = "fit") -> None:
         """Take the class information from the data; before fitting, initialise ActNorm from a
@@ -74,23 +67,6 @@ class IZF(L.LightningModule):
             x, _ = datamodule.split("trainval")
             rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:ACTNORM_SAMPLE]
             self.flow.initialise_actnorm(x[rows].to(self.device))
-
-    def _class_sets(self) -> tuple[Tensor, Tensor]:
-        """(seen, unseen) class indices. nonzero() waits for the device, so they are computed once
-        per device and per change of the mask (its in-place version counter), not every step."""
-        key = (self.seen_mask.device, self.seen_mask._version)
-        if getattr(self, "_class_sets_key", None) != key:
-            self._class_sets_cache = (self.seen_mask.nonzero().squeeze(1), (~self.seen_mask).nonzero().squeeze(1))
-            self._class_sets_key = key
-        return self._class_sets_cache
-
-    @property
-    def seen_classes(self) -> Tensor:
-        return self._class_sets()[0]
-
-    @property
-    def unseen_classes(self) -> Tensor:
-        return self._class_sets()[1]
 
     # ---- the flow as an encoder and a generator --------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -111,6 +87,16 @@ class IZF(L.LightningModule):
     def generate(self, classes: Tensor, temperature: float = 1.0) -> Tensor:
         """x̂ = f⁻¹([c_y ; z]), one sample per entry of `classes`."""
         return self.flow.inverse(self.latent(classes, temperature))
+
+    # ---- the evaluation protocol's calls -------------------------------------------------------
+    def fit_classifiers(self, x_seen: Tensor, y_seen: Tensor, progress) -> dict[str, SoftmaxClassifier]:
+        return fit_softmax_classifiers(self, x_seen, y_seen, progress)
+
+    @torch.no_grad()
+    def classifier_scores(self, fitted: dict[str, SoftmaxClassifier], x: Tensor) -> dict[str, Tensor]:
+        c_hat, _, _ = self.encode(x)
+        nb = naive_bayes_scores(c_hat, self.class_semantics)
+        return {"nb/gzsl": nb, "nb/zsl": nb, "softmax/gzsl": fitted["gzsl"](x), "softmax/zsl": fitted["zsl"](x)}
 
     # ---- training -----------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:

@@ -29,11 +29,11 @@ from izf.data.benchmarks import resembles
 from izf.errors import ConfigError, IZFError
 from izf.evaluation.protocol import gamma_of
 from izf.io import atomic_path, write_json
-from izf.outputs import CLASSIFIERS, FAILURE_FILE, METRICS_FILE, WALL_TIME_KEY
+from izf.outputs import FAILURE_FILE, METRICS_FILE, WALL_TIME_KEY
+from izf.training.base import ZSLModule
 from izf.training.checkpoints import SaveOnSigterm, check_checkpoint
 from izf.training.evaluate import evaluate_model, results_table
 from izf.training.loggers import instantiate_loggers, save_pictures
-from izf.training.module import IZF
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing for users to act on.
@@ -45,25 +45,29 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def _check_recipe(datamodule: ZSLDataModule) -> None:
-    """Recipes are picked by the dataset config's name; data that is a benchmark with a recipe
-    (APY's 5 blocks) under another name (dataset=custom) gets a warning that names the override."""
-    if datamodule.hparams.split != "test":
+    """Recipes are picked by the model and dataset configs' names; data that is a benchmark with a
+    recipe (IZF's 5 blocks on APY) under another name (dataset=custom) gets a warning that names
+    the override."""
+    if datamodule.hparams.split != "test" or not HydraConfig.initialized():
         return  # the validation task renumbers and regroups the classes
-    chosen = HydraConfig.get().runtime.choices.get("recipe") if HydraConfig.initialized() else None
+    choices = HydraConfig.get().runtime.choices
     for name in resembles(datamodule.data.summary()):
-        if (config_dir() / "recipe" / f"{name.lower()}.yaml").is_file() and chosen != name.lower():
-            log.warning("the data has %s's classes and attributes but recipe=%s: the paper's settings for %s "
-                        "are in recipe=%s (add it to the command line)", name, chosen, name, name.lower())
+        recipe = f"{choices.get('model')}_{name.lower()}"
+        if (config_dir() / "recipe" / f"{recipe}.yaml").is_file() and choices.get("recipe") != recipe:
+            log.warning("the data has %s's classes and attributes, but not its recipe: the paper's settings for "
+                        "%s are in recipe=%s (add it to the command line)", name, name, recipe)
 
 
-def build(cfg: DictConfig) -> tuple[ZSLDataModule, IZF]:
-    """The data (read and validated now, before any work) and a fresh model sized to it."""
+def build(cfg: DictConfig) -> tuple[ZSLDataModule, ZSLModule]:
+    """The data (read and validated now, before any work) and a fresh model of the configured
+    method (model._target_: IZF or a baseline) sized to it."""
     datamodule = ZSLDataModule(**OmegaConf.to_container(cfg.dataset, resolve=True, throw_on_missing=True))
     datamodule.setup("fit")
     _check_recipe(datamodule)
-    model = IZF(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
-                semantic_dim=datamodule.semantics.shape[1],
-                **OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True))
+    settings = OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
+    method = hydra.utils.get_class(settings.pop("_target_"))
+    model = method(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
+                   semantic_dim=datamodule.semantics.shape[1], **settings)
     return datamodule, model
 
 
@@ -71,7 +75,7 @@ class Interrupted(Exception):
     """SIGTERM arrived: last.ckpt is written and the run can be resumed."""
 
 
-def _resume_from(cfg: DictConfig, model: IZF, output_dir: Path) -> str | None:
+def _resume_from(cfg: DictConfig, model: ZSLModule, output_dir: Path) -> str | None:
     """The checkpoint to resume from, checked before any work; None to start afresh."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last":
@@ -136,8 +140,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = ("validation task: seen classes only, no test data" if datamodule.hparams.split == "validation"
             else "test splits")
     console = Console()
-    console.print(results_table(metrics, f"IZF on {datamodule.data.name}, {task} (%)", cfg.model.classifier))
-    for name in CLASSIFIERS:
+    console.print(results_table(metrics, f"{type(model).__name__} on {datamodule.data.name}, {task} (%)",
+                                cfg.model.classifier))
+    for name in model.classifiers:
         if f"{name}/best_gamma" in metrics:
             gamma = gamma_of(model.hparams.calibration_gamma, name)
             console.print(f"{name}: calibrated stacking at γ={metrics[f'{name}/best_gamma']:.3g} gives validation H "
