@@ -168,15 +168,21 @@ def test_gradient_clipping_is_refused_with_manual_optimisation(datamodule):
         trainer(2, gradient_clip_val=10.0).fit(make(datamodule), datamodule=datamodule)
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    """A model after 18 steps (3 generator iterations), saved as a checkpoint: shared by the tests below."""
+def _trained(steps):
+    """(model, datamodule, trainer) after `steps` steps from seed 0 on the small data."""
     dm = ZSLDataModule(name="synthetic", source="synthetic", generator=SMALL_DATA, batch_size=32, batches_per_epoch=10)
     dm.setup()
     L.seed_everything(0)
     model = make(dm)
-    fit = trainer(18)
+    fit = trainer(steps)
     fit.fit(model, datamodule=dm)
+    return model, dm, fit
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A model after 18 steps (3 generator iterations), saved as a checkpoint: shared by the tests below."""
+    model, dm, fit = _trained(18)
     path = tmp_path_factory.mktemp("clswgan") / "model.ckpt"
     fit.save_checkpoint(path)
     return model, dm, path
@@ -206,12 +212,7 @@ def test_checkpoint_round_trip(fitted):
 def test_resumed_run_continues_the_cycle_and_keeps_its_seen_classifier(fitted, tmp_path):
     # 12 steps, a checkpoint, 6 more: the same weights as the fixture's uninterrupted 18 steps.
     model, _, _ = fitted
-    dm = ZSLDataModule(name="synthetic", source="synthetic", generator=SMALL_DATA, batch_size=32, batches_per_epoch=10)
-    dm.setup()
-    L.seed_everything(0)
-    first = make(dm)
-    fit = trainer(12)
-    fit.fit(first, datamodule=dm)
+    _, dm, fit = _trained(12)
     fit.save_checkpoint(tmp_path / "step12.ckpt")
     L.seed_everything(7)
     resumed = make(dm)
