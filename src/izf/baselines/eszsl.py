@@ -45,12 +45,6 @@ class ESZSL(ZSLModule):
         super().__init__(num_classes, semantic_dim, classifier, calibration_gamma)
         self.save_hyperparameters()
         self.register_buffer("weights", torch.zeros(feature_dim, semantic_dim))
-        self._trainval: tuple[Tensor, Tensor] | None = None
-
-    def prepare(self, datamodule, stage: str = "fit") -> None:
-        super().prepare(datamodule, stage)
-        if stage == "fit":
-            self._trainval = datamodule.split("trainval")
 
     def fit(self, x: Tensor, y: Tensor) -> None:
         """The closed form on the seen classes' images x and global labels y."""
@@ -61,7 +55,7 @@ class ESZSL(ZSLModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         # The solution needs every training image at once, not a batch: the whole trainval split.
-        self.fit(*self._trainval)
+        self.fit(*self.trainer.datamodule.split("trainval"))
         self.trainer.should_stop = True  # fitted: nothing left to train
 
     def configure_optimizers(self) -> None:
