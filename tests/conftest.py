@@ -1,6 +1,13 @@
+import io
+import logging
+import multiprocessing
+import multiprocessing.forkserver
 import os
+import runpy
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -36,10 +43,75 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
 
 
+# The processes the tests start (CLI runs, worker pools) are forked from a server that has already
+# imported torch, Lightning, Hydra and izf: a fresh interpreter spends ≈ 7 s on those imports, and the
+# suite starts dozens. The server itself never computes, so its children may use OpenMP (a child forked
+# from a process whose OpenMP threads have run hangs on its first parallel region). Runs that are
+# signalled mid-run, or must not see the checkout, start real interpreters.
+FORK_SERVER = multiprocessing.get_context("forkserver")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server():
+    """Starts the server (in the background) once every test module is imported: a process has one
+    forkserver, and izf.data.isolated sets a shorter preload list for it when it is imported; a
+    running server keeps the list it started with. (The isolated reader's children then cost ≈ 50 ms
+    more each, ≈ 45 s over the fuzz tests; the CLI runs save several times that.)"""
+    FORK_SERVER.set_forkserver_preload(["tests.conftest", "izf.training.run", "izf.training.evaluate", "izf.report"])
+    multiprocessing.forkserver.ensure_running()
+
+
+def _as_main(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> None:
+    """In the forked child: what `python *argv` would do, with its output in two files."""
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+    os.chdir(REPO)
+    os.environ.clear()
+    os.environ.update(env)
+    code = 1
+    try:
+        if argv[0] == "-m":
+            sys.argv = argv[1:]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = argv
+            sys.path.insert(0, str(REPO))
+            runpy.run_path(argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        if not isinstance(stop.code, int | None):
+            print(stop.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - the interpreter's own last resort: traceback, exit 1
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python *argv` (a script of the checkout, or `-m module`) in `env` (default: cli_env()); its exit
+    code and output."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stdout, stderr = Path(tmp, "stdout"), Path(tmp, "stderr")
+        stdout.touch(), stderr.touch()  # empty, not missing, if the child dies before it writes
+        child = FORK_SERVER.Process(target=_as_main, args=(list(argv), env or cli_env(), str(stdout), str(stderr)))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(["python", *argv], timeout, stdout.read_text(), stderr.read_text())
+        return subprocess.CompletedProcess(["python", *argv], child.exitcode, stdout.read_text(), stderr.read_text())
+
+
 def _run_train(*overrides, check=True):
-    """train.py in a subprocess with these overrides (W&B off); fails the test with its output."""
-    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
+    """train.py with these overrides (W&B off); fails the test with its output."""
+    proc = run_cli("train.py", *overrides)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

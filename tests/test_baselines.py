@@ -3,8 +3,6 @@ method end to end through train.py and eval.py on tiny generated data (same metr
 checkpoints that eval.py rebuilds as the right class and scores to the same numbers)."""
 
 import json
-import subprocess
-import sys
 
 import lightning.pytorch as L
 import pytest
@@ -14,7 +12,7 @@ from izf.baselines.eszsl import ESZSL, eszsl_weights
 from izf.data import ZSLDataModule
 from izf.outputs import METRIC_COLUMNS, WALL_TIME_KEY
 from izf.training.evaluate import evaluate_model
-from tests.conftest import REPO, SMALL, cli_env
+from tests.conftest import SMALL, run_cli
 
 
 def test_eszsl_weights_solve_the_papers_objective():
@@ -56,11 +54,6 @@ def test_eszsl_fits_in_one_step_and_scores_every_class():
     assert metrics["zsl/T1"] == metrics["compatibility/zsl/T1"] > 1 / 3  # 3 unseen classes: chance is 1/3
 
 
-def _eval(*overrides):
-    return subprocess.run([sys.executable, "eval.py", *overrides], cwd=REPO, env=cli_env(), capture_output=True,
-                          text=True, timeout=600)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model, classifiers", [("eszsl", ["compatibility"]), ("clswgan", ["softmax"]),
                                                ("cada_vae", ["softmax"])])
@@ -73,7 +66,7 @@ def test_each_method_end_to_end_through_the_shared_harness(tmp_path, train_cli, 
         f"{c}/{column}" for c in classifiers for column in METRIC_COLUMNS}  # its classifiers, the shared keys
     assert all(0 <= metrics[column] <= 1 for column in METRIC_COLUMNS)
     assert f"{classifiers[0]} (reported)" in proc.stdout
-    evaluated = _eval(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={eval_dir}")
+    evaluated = run_cli("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={eval_dir}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     del metrics[WALL_TIME_KEY]
     again = json.loads((eval_dir / "metrics.json").read_text())

@@ -1,21 +1,19 @@
 """Smoke test of the benchmark script: the real config and training step, on CPU, one valid JSON line."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_cli
 
 
 def test_bench_runs_the_real_config_and_prints_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "izf.bench", "dataset.generator.name=APY", "dataset.generator.feature_dim=128",
+    proc = run_cli(
+        "-m", "izf.bench", "dataset.generator.name=APY", "dataset.generator.feature_dim=128",
          "model.flow.hidden=32", "model.flow.blocks=2", "dataset.batch_size=32", "model.softmax.n_gen=5",
          "model.softmax.epochs=1", "model.loss.negative=1.0", "trainer.accelerator=cpu",
-         "--steps", "3", "--warmup", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+         "--steps", "3", "--warmup", "1", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
     assert len(lines) == 1
     result = json.loads(lines[0].removeprefix("BENCH_JSON "))

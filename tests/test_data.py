@@ -5,8 +5,6 @@ import json
 import pickle
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from izf.data.benchmarks import BENCHMARKS
 from izf.data.generate import like, synthetic
 from izf.data.splits import validation_split
 from izf.errors import ConfigError
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -345,11 +344,10 @@ def test_check_refuses_a_benchmark_of_the_wrong_shape(folder, tmp_path, capsys):
 
 
 def test_cli_exit_status_and_bench_load(folder):
-    bad = subprocess.run([sys.executable, "-m", "izf.data", "check", str(folder / "nowhere")],
-                         capture_output=True, text=True)
+    bad = run_cli("-m", "izf.data", "check", str(folder / "nowhere"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: dataset 'nowhere'") and "Traceback" not in bad.stderr
-    bench = subprocess.run([sys.executable, "-m", "izf.data", "bench-load", str(folder), "--repeat", "1"],
-                           capture_output=True, text=True, check=True)
+    bench = run_cli("-m", "izf.data", "bench-load", str(folder), "--repeat", "1")
+    assert bench.returncode == 0, bench.stderr
     line = next(x for x in bench.stdout.splitlines() if x.startswith("BENCH_LOAD_JSON "))
     result = json.loads(line.split(" ", 1)[1])
     assert result["speedup"] > 0 and result["cached load (memory-mapped)"]["peak_kb"] > 0

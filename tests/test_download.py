@@ -4,8 +4,6 @@ resume, corruption, checksums, unreachable hosts, bad datasets, skip/force, and 
 import hashlib
 import io
 import socket
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -20,8 +18,7 @@ from izf.data.download import download
 from izf.data.generate import synthetic
 from izf.data.xlsa17 import load_xlsa17, save_xlsa17
 from izf.errors import DatasetError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_cli
 
 
 def _folder_files(folder: Path) -> dict[str, bytes]:
@@ -258,12 +255,9 @@ def test_existing_folder_skipped_or_replaced(server, tmp_path):
 
 
 def test_cli(server, tmp_path):
-    if not (REPO / "src" / "izf" / "data" / "__main__.py").is_file():
-        pytest.skip("src/izf/data/__main__.py (the download CLI) is not written yet")
-
     def cli(url, data_dir):
-        return subprocess.run([sys.executable, "-m", "izf.data", "download", "AWA2", "--data-dir", str(data_dir),
-                               "--url", url, "--no-progress"], capture_output=True, text=True, timeout=120)
+        return run_cli("-m", "izf.data", "download", "AWA2", "--data-dir", str(data_dir), "--url", url, "--no-progress",
+                       timeout=120)
 
     done = cli(server.url, tmp_path)
     assert done.returncode == 0, done.stderr

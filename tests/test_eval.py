@@ -3,8 +3,6 @@ and clear errors for a wrong checkpoint or dataset."""
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,13 +12,11 @@ from izf.errors import ConfigError
 from izf.evaluation.calibration import gamma_grid, stacking_curve
 from izf.outputs import WALL_TIME_KEY
 from izf.training.evaluate import evaluate_checkpoint
-from tests.conftest import REPO, TINY, cli_env
+from tests.conftest import TINY, run_cli
 
 
 def run_eval(*overrides):
-    env = cli_env()
-    return subprocess.run([sys.executable, "eval.py", *overrides], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return run_cli("eval.py", *overrides)
 
 
 @pytest.mark.slow

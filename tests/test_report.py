@@ -136,3 +136,21 @@ def test_methods_side_by_side_each_with_its_classifiers_and_published_numbers(tm
     markdown = (tmp_path / "paper.md").read_text()
     assert "| eszsl: published (ESZSL) |" in markdown and "| izf: published (IZF) |" in markdown
     assert "arXiv:1707.00600" in markdown and "arXiv:2007.04873" in markdown
+
+
+def test_each_method_is_labelled_by_its_own_swept_keys_across_sweep_folders(tmp_path):
+    """IZF seeds from two folders and an ESZSL sweep over its regulariser: IZF's group is not split
+    or labelled by ESZSL's keys, and ESZSL's groups name only the key that varies among its jobs."""
+    izf, eszsl = ("izf", "izf.training.module.IZF"), ("eszsl", "izf.baselines.eszsl.ESZSL")
+    _job(tmp_path / "izf_a", 0, ["schedule=cpu", "seed=0"], metrics=_metrics(0.4), dataset="CUB", model=izf)
+    for seed in (1, 2):
+        _job(tmp_path / "izf_b", seed, ["schedule=cpu", f"seed={seed}"], metrics=_metrics(0.5), dataset="CUB",
+             model=izf)
+    for number, reg in enumerate(("1", "10")):
+        _job(tmp_path / "eszsl", number, ["model=eszsl", "callbacks=none", f"model.feature_reg={reg}"],
+             metrics=_metrics(0.2), dataset="CUB", model=eszsl, classifiers=("compatibility",))
+    rows, _ = report([tmp_path / "izf_a", tmp_path / "izf_b", tmp_path / "eszsl"])
+    assert {(r["group"], r["runs"]) for r in rows if r["classifier"] != "nb"} == {
+        ("dataset=CUB, task=test, model=izf", 3),
+        ("dataset=CUB, task=test, model=eszsl, model.feature_reg=1", 1),
+        ("dataset=CUB, task=test, model=eszsl, model.feature_reg=10", 1)}

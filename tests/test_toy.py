@@ -4,7 +4,6 @@ generated unseen class [1,1] lands nearer its true blob at x = (1, 1, 0, 0) than
 The effect varies with the seed (flow init, permutations, batches), so it is asserted on the
 average over four fixed seeds, not on one lucky seed."""
 
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import hydra
@@ -14,6 +13,7 @@ import torch
 from izf.config import compose
 from izf.model.losses import mmd2
 from izf.training.run import build
+from tests.conftest import FORK_SERVER
 
 SEEDS = (0, 1, 2, 3)
 
@@ -45,7 +45,7 @@ def _one_thread_run(args: tuple[float, int]) -> tuple[float, float]:
 
 def test_negative_term_moves_generated_unseen_towards_true_blob():
     runs = [(negative, seed) for negative in (0.0, 1.0) for seed in SEEDS]
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=2, mp_context=FORK_SERVER) as pool:
         results = torch.tensor(list(pool.map(_one_thread_run, runs)))
     without, with_term = results[: len(SEEDS)], results[len(SEEDS):]
     assert with_term[:, 0].mean() < without[:, 0].mean(), (with_term, without)

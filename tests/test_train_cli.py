@@ -95,6 +95,7 @@ def test_benchmark_validation_task(fake_awa2, tmp_path, train_cli):
                      "logger=none", f"hydra.run.dir={run_dir}")
     _check_metrics(run_dir)
     assert "AWA2 (validation), validation task" in proc.stdout.replace("\n", " ")
+    assert "to use it: model.calibration_gamma.softmax=<γ>" in " ".join(proc.stdout.split())  # the γ it chose
     # The task: AWA2's 40 seen classes, split into training and pseudo-unseen validation classes.
     task = re.search(r"'classes': (\d+), 'seen': (\d+), 'unseen': (\d+)", proc.stdout + proc.stderr)
     classes, seen, unseen = map(int, task.groups())

@@ -4,20 +4,17 @@ losses, metrics, the per-class table and the pictures (also saved as files in th
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, run_cli
 
 
 def run_offline(tmp_path, *overrides):
     """train.py as a user without a W&B account runs it: no WANDB_MODE, no API key, no ~/.netrc."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env |= {"IZF_ROOT": str(REPO), "HOME": str(tmp_path / "home"), "NETRC": str(tmp_path / "home" / ".netrc")}
-    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_cli("train.py", *overrides, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

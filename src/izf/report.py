@@ -85,13 +85,19 @@ def find_jobs(roots: list[Path]) -> list[Job]:
 
 
 def group_jobs(jobs: list[Job]) -> list[Group]:
-    """Groups by dataset, task and every override that differs between jobs, seeds excepted."""
-    keys = sorted({k for job in jobs for k in job.overrides})
-    swept = [k for k in keys if k not in SEED_KEYS and len({job.overrides.get(k) for job in jobs}) > 1]
+    """Groups by dataset, task, method (where there are several) and every override that differs
+    between the jobs of one method, seeds excepted: in a table of IZF beside ESZSL, IZF's groups are
+    not labelled by ESZSL's regularisers, nor ESZSL's by IZF's keys."""
+    methods = list(dict.fromkeys(job.method for job in jobs))
     groups: dict[tuple, Group] = {}
-    for job in jobs:
-        key = (("dataset", job.dataset), ("task", job.task), *((k, job.overrides.get(k, "-")) for k in swept))
-        groups.setdefault(key, Group(key)).jobs.append(job)
+    for method in methods:
+        its_jobs = [job for job in jobs if job.method == method]
+        keys = sorted({k for job in its_jobs for k in job.overrides} - {"model", *SEED_KEYS})
+        swept = [k for k in keys if len({job.overrides.get(k) for job in its_jobs}) > 1]
+        for job in its_jobs:
+            key = (("dataset", job.dataset), ("task", job.task), *([("model", method)] if len(methods) > 1 else []),
+                   *((k, job.overrides[k]) for k in swept if k in job.overrides))
+            groups.setdefault(key, Group(key)).jobs.append(job)
     return list(groups.values())
 
 

@@ -10,6 +10,7 @@ model.py, classifier.py and the per-dataset scripts); conf/model/clswgan.yaml na
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,10 @@ from izf.training.base import ZSLModule
 from izf.training.callbacks import RandomStreams
 
 Critic = Callable[[Tensor, Tensor], Tensor]  # D(x, a) -> one score per row (N × 1)
+
+# Lightning's ModelCheckpoint warns, under manual optimisation, that the checkpoint holds the weights
+# after the step: that is what a resumed run must continue from (the resume test checks it).
+warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved")
 
 
 # ---- the networks ----------------------------------------------------------------------------------

@@ -145,9 +145,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for name in model.classifiers:
         if f"{name}/best_gamma" in metrics:
             gamma = gamma_of(model.hparams.calibration_gamma, name)
+            per_classifier = isinstance(cfg.model.calibration_gamma, DictConfig)  # IZF's {softmax: γ, nb: γ}
             console.print(f"{name}: calibrated stacking at γ={metrics[f'{name}/best_gamma']:.3g} gives validation H "
                           f"{100 * metrics[f'{name}/best_gamma/gzsl/H']:.2f} (γ={gamma:g} gave "
-                          f"{100 * metrics[f'{name}/gzsl/H']:.2f}); to use it: model.calibration_gamma.{name}=<γ>")
+                          f"{100 * metrics[f'{name}/gzsl/H']:.2f}); to use it: "
+                          f"model.calibration_gamma{f'.{name}' if per_classifier else ''}=<γ>")
     log.info("metrics written to %s", output_dir / METRICS_FILE)
     return metrics
 
