@@ -93,9 +93,10 @@ def _as_main(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> 
         os._exit(code)
 
 
-def run_cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 600,
+            check: bool = False) -> subprocess.CompletedProcess:
     """`python *argv` (a script of the checkout, or `-m module`) in `env` (default: cli_env()); its exit
-    code and output."""
+    code and output. check=True: a non-zero exit fails the test with the output."""
     with tempfile.TemporaryDirectory() as tmp:
         stdout, stderr = Path(tmp, "stdout"), Path(tmp, "stderr")
         stdout.touch(), stderr.touch()  # empty, not missing, if the child dies before it writes
@@ -106,15 +107,16 @@ def run_cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 600)
             child.kill()
             child.join()
             raise subprocess.TimeoutExpired(["python", *argv], timeout, stdout.read_text(), stderr.read_text())
-        return subprocess.CompletedProcess(["python", *argv], child.exitcode, stdout.read_text(), stderr.read_text())
+        proc = subprocess.CompletedProcess(["python", *argv], child.exitcode, stdout.read_text(), stderr.read_text())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"python {' '.join(argv[:2])} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
 
 
 def _run_train(*overrides, check=True):
     """train.py with these overrides (W&B off); fails the test with its output."""
-    proc = run_cli("train.py", *overrides)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_cli("train.py", *overrides, check=check)
 
 
 @pytest.fixture(scope="session")

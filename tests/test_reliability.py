@@ -278,12 +278,11 @@ def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path,
     failure = (tmp_path / "0" / "error.txt").read_text()
     assert failure.startswith("model.loss.negative=-1: expected a weight ≥ 0") and "ConfigError" in failure
     assert (tmp_path / "1" / "metrics.json").is_file()
-    printed = run_cli("-m", "izf.report", str(tmp_path))
-    assert printed.returncode == 0, printed.stderr
+    printed = run_cli("-m", "izf.report", str(tmp_path), check=True)
     assert "failed" in printed.stdout and "expected a weight ≥ 0" in printed.stdout
     markdown = (tmp_path / "report.md").read_text()
     assert "model.loss.negative=0" in markdown and "## Failed or unfinished runs" in markdown
-    assert run_cli("-m", "izf.report", str(tmp_path), "--paper").returncode == 0
+    run_cli("-m", "izf.report", str(tmp_path), "--paper", check=True)
     paper = (tmp_path / "paper.md").read_text()
     assert "| AWA1 T1 | AWA1 U | AWA1 S | AWA1 H | CUB T1 |" in paper and "1 (+1 failed)" in paper
     assert "59.4" in paper and "80.5" in paper  # CUB's H and AWA1's S as published
