@@ -1,21 +1,7 @@
-"""Evaluate a saved IZF checkpoint: python eval.py ckpt_path=... [dataset=...] [overrides]."""
+"""Evaluate a saved IZF checkpoint: python eval.py ckpt_path=... [dataset=...] [overrides].
+The installed package's `izf-eval` command runs the same function (izf.cli.evaluate)."""
 
-import hydra
-from omegaconf import DictConfig
-
-from izf.training.evaluate import evaluate_checkpoint
-from izf.training.run import exit_with_error, user_error
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    try:
-        evaluate_checkpoint(cfg)
-    except Exception as err:
-        if (message := user_error(err)) is None:
-            raise
-        exit_with_error(message)
-
+from izf.cli import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate()

@@ -1,15 +1,7 @@
-"""Train IZF and evaluate it under the (G)ZSL protocol: python train.py [overrides]."""
+"""Train IZF and evaluate it under the (G)ZSL protocol: python train.py [overrides].
+The installed package's `izf-train` command runs the same function (izf.cli.train)."""
 
-import hydra
-from omegaconf import DictConfig
-
-from izf.training.run import run_job
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return run_job(cfg)  # GZSL H, for sweepers that optimise a value
-
+from izf.cli import train
 
 if __name__ == "__main__":
-    main()
+    train()

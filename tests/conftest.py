@@ -43,6 +43,12 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "WANDB_MODE": "disabled", "IZF_ROOT": str(REPO)}
 
 
+def user_env() -> dict[str, str]:
+    """A user's environment: W&B off (as .ci/run sets it), no IZF_ROOT, so paths follow the working
+    directory as they do for someone who has just cloned the repository."""
+    return {key: value for key, value in cli_env().items() if key != "IZF_ROOT"}
+
+
 # The processes the tests start (CLI runs, worker pools) are forked from a server that has already
 # imported torch, Lightning, Hydra and izf: a fresh interpreter spends ≈ 7 s on those imports, and the
 # suite starts dozens. The server itself never computes, so its children may use OpenMP (a child forked
@@ -61,13 +67,13 @@ def _fork_server():
     multiprocessing.forkserver.ensure_running()
 
 
-def _as_main(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> None:
-    """In the forked child: what `python *argv` would do, with its output in two files."""
+def _as_main(argv: list[str], env: dict[str, str], stdout: str, stderr: str, cwd: str) -> None:
+    """In the forked child: what `python *argv` would do in `cwd`, with its output in two files."""
     for fd, path in ((1, stdout), (2, stderr)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
-    os.chdir(REPO)
+    os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
     code = 1
@@ -77,7 +83,7 @@ def _as_main(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> 
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv = argv
-            sys.path.insert(0, str(REPO))
+            sys.path.insert(0, str(Path(argv[0]).resolve().parent))  # as python does: the script's folder
             runpy.run_path(argv[0], run_name="__main__")
         code = 0
     except SystemExit as stop:
@@ -94,13 +100,19 @@ def _as_main(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> 
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 600,
-            check: bool = False) -> subprocess.CompletedProcess:
-    """`python *argv` (a script of the checkout, or `-m module`) in `env` (default: cli_env()); its exit
-    code and output. check=True: a non-zero exit fails the test with the output."""
+            check: bool = False, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """`python *argv` (a script, or `-m module`) run in `cwd` (default: the checkout) with `env`; its exit
+    code and output. `env` defaults to cli_env() in the checkout and to user_env() (no IZF_ROOT)
+    elsewhere, so a run in another folder writes there. check=True: a non-zero exit fails the test
+    with the output. (The child is forked from the server, so it runs the izf the server imported:
+    the installed one, this checkout's src/.)"""
+    if env is None:
+        env = cli_env() if cwd is None else user_env()
     with tempfile.TemporaryDirectory() as tmp:
         stdout, stderr = Path(tmp, "stdout"), Path(tmp, "stderr")
         stdout.touch(), stderr.touch()  # empty, not missing, if the child dies before it writes
-        child = FORK_SERVER.Process(target=_as_main, args=(list(argv), env or cli_env(), str(stdout), str(stderr)))
+        child = FORK_SERVER.Process(target=_as_main, args=(list(argv), env, str(stdout), str(stderr),
+                                                           str(cwd or REPO)))
         child.start()
         child.join(timeout)
         if child.exitcode is None:

@@ -163,7 +163,7 @@ def test_hyperparameter_names_do_not_clash_with_the_datamodule(datamodule):
 
 
 def test_gradient_clipping_is_refused_with_manual_optimisation(datamodule):
-    # Why conf/budget/clswgan_*.yaml set trainer.gradient_clip_val: null.
+    # Why conf/_internal/budget/clswgan_*.yaml set trainer.gradient_clip_val: null.
     with pytest.raises(Exception, match="gradient clipping"):
         trainer(2, gradient_clip_val=10.0).fit(make(datamodule), datamodule=datamodule)
 

@@ -81,11 +81,12 @@ def test_a_benchmark_under_another_config_name_is_told_its_recipe(tmp_path, capl
     # APY's class counts and attribute dimension, in a small folder of another name
     folder = save_xlsa17(synthetic(seen=20, unseen=12, semantic_dim=64, feature_dim=72, per_class=5), tmp_path / "mine")
     for recipe, warned in ((None, True), ("izf_apy", False)):
-        cfg = compose("train", ["dataset=custom", f"dataset.root={folder}", *([f"recipe={recipe}"] if recipe else [])])
+        chosen = [f"_internal/recipe={recipe}"] if recipe else []
+        cfg = compose("train", ["dataset=custom", f"dataset.root={folder}", *chosen])
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="izf.training.run"):
             _, model = build(cfg)
-        assert ("recipe=izf_apy (add it to the command line)" in caplog.text) == warned
+        assert ("_internal/recipe=izf_apy (add it to the command line)" in caplog.text) == warned
         assert model.hparams.flow["blocks"] == (10 if warned else 5)
 
 

@@ -1,6 +1,8 @@
 """The package as pip installs it: built from pyproject.toml into a folder of its own and imported
 from there, away from the checkout, it finds its configuration and runs its commands."""
 
+import importlib
+import os
 import subprocess
 import sys
 
@@ -22,9 +24,11 @@ def test_installed_package_imports_and_finds_its_configuration(tmp_path):
                     "--target", str(target), str(REPO)], check=True, capture_output=True, timeout=300)
     assert (target / "izf" / "conf" / "train.yaml").is_file() and (target / "izf" / "conf" / "dataset").is_dir()
 
+    user = {key: value for key, value in os.environ.items() if key != "IZF_ROOT"} | {"WANDB_MODE": "disabled"}
+
     def run(code, *args):
         return subprocess.run([sys.executable, "-c", WITHOUT_CHECKOUT + code, str(target), *args], cwd=elsewhere,
-                              capture_output=True, text=True, timeout=300, check=True).stdout
+                              env=user, capture_output=True, text=True, timeout=300, check=True).stdout
 
     where = run("import izf, izf.config; print(izf.__file__); print(izf.config.config_dir())").split()
     assert where == [str(target / "izf" / "__init__.py"), str(target / "izf" / "conf")]
@@ -36,3 +40,23 @@ def test_installed_package_imports_and_finds_its_configuration(tmp_path):
     url = run("from omegaconf import OmegaConf; from izf.config import config_dir; from izf.data.__main__ "
               "import DOWNLOAD_CONFIG; print(OmegaConf.load(config_dir() / DOWNLOAD_CONFIG).url)")
     assert url.strip().endswith("xlsa17.zip")  # the download command's configuration, from the package
+
+    # The console scripts (pip writes them to <target>/bin): the same functions as train.py and eval.py.
+    scripts = {name: target / "bin" / name for name in ("izf-train", "izf-eval", "izf-data", "izf-report")}
+    assert all(path.is_file() for path in scripts.values()), scripts
+    command = "import runpy; sys.argv[0] = sys.argv.pop(1); runpy.run_path(sys.argv[0], run_name='__main__')"
+    helped = run(command, str(scripts["izf-train"]), "--help")
+    assert "train a zero-shot model" in helped and "model: cada_vae, clswgan, eszsl, izf, izf_paper" in helped
+    run(command, str(scripts["izf-train"]), "model=eszsl", "debug=fast", "dataset.generator.per_class=20")
+    runs = list((elsewhere / "logs" / "runs").glob("*/metrics.json"))  # where train.py would put it
+    assert len(runs) == 1 and (runs[0].parent / "train.log").is_file()
+    assert "evaluate a checkpoint" in run(command, str(scripts["izf-eval"]), "--help")
+
+
+def test_each_console_script_names_a_function_of_the_package():
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"izf-train", "izf-eval", "izf-data", "izf-report"}
+    for target in scripts.values():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), target

@@ -19,7 +19,7 @@ import yaml
 from izf.config import compose
 from izf.errors import ConfigError, DivergenceError
 from izf.model import losses
-from izf.outputs import WALL_TIME_KEY
+from izf.outputs import DATA_KEY, WALL_TIME_KEY
 from izf.report import retrain_command
 from izf.training.callbacks import NonFiniteGuard
 from izf.training.checkpoints import AtomicCheckpointIO, check_checkpoint
@@ -174,9 +174,9 @@ def _wait_for(path, process, timeout=120):
 
 
 def _metrics(run_dir):
-    """The run's accuracy numbers (its wall time differs from run to run)."""
+    """The run's accuracy numbers (its wall time differs from run to run; the data's name is no number)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {k: v for k, v in metrics.items() if k != WALL_TIME_KEY}
+    return {k: v for k, v in metrics.items() if k not in (WALL_TIME_KEY, DATA_KEY)}
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +266,21 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, train_cli):
     assert saved["global_step"] == step >= 50
     train_cli(*RESUMABLE, f"trainer.max_steps={step + 5}", "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_cleanly_like_sigterm(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    process = _start(run_dir, "trainer.max_steps=100000")
+    _wait_for(run_dir / "checkpoints" / "step_50.ckpt", process)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3 and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: stopped by Ctrl-C at step") and last.endswith("ckpt_path=last"), last
+    step = int(last.split("stopped by Ctrl-C at step ")[1].split(";")[0])
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step >= 50
+    assert last in (run_dir / "train.log").read_text()  # the run's log says how it ended
 
 
 # ---- sweeps ---------------------------------------------------------------------------------

@@ -77,6 +77,23 @@ def test_validation_and_test_runs_are_never_averaged_together(tmp_path):
     assert groups == {"dataset=CUB, task=validation", "dataset=CUB, task=test"}
 
 
+def test_a_jobs_config_is_read_resolved(tmp_path):
+    """Hydra's .hydra/config.yaml keeps ${hydra:...} interpolations, which resolve only inside the job:
+    the report reads the resolved config.yaml train.py writes beside it, and a job that failed before
+    writing one still counts, under the names it can resolve."""
+    unresolved = {"dataset": {"name": "custom", "split": "test", "root": "${paths.data_dir}/mine"},
+                  "paths": {"data_dir": "${hydra:runtime.cwd}/data"}}
+    for number, metrics in ((0, _metrics(0.5)), (1, None)):
+        _job(tmp_path, number, [f"seed={number}"], metrics=metrics, failure=None if metrics else "bad data")
+        (tmp_path / str(number) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(unresolved))
+    (tmp_path / "0" / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": "custom", "split": "test",
+                                                                            "root": "/home/me/data/mine"}}))
+    rows, failed = report([tmp_path])
+    assert [(row["group"], row["runs"], row["failed"]) for row in rows if row["classifier"] != "nb"] == [
+        ("dataset=mine, task=test", 1, 0), ("dataset=custom, task=test", 0, 1)]  # the failed one's root: unknown
+    assert [job.failure for job in failed] == ["bad data"]
+
+
 def test_no_jobs_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no job folders"):
         report([tmp_path])
@@ -131,8 +148,8 @@ def test_methods_side_by_side_each_with_its_classifiers_and_published_numbers(tm
     assert report_main([str(tmp_path), "--paper"]) == 0
     cells = {(r["method"], r["metric"]): r for r in csv.DictReader((tmp_path / "paper.csv").open())}
     assert float(cells[("eszsl", "gzsl/H")]["mean"]) == pytest.approx(25.0)
-    assert float(cells[("eszsl", "gzsl/H")]["published"]) == 21.0  # conf/published/eszsl.yaml
-    assert float(cells[("izf", "gzsl/H")]["published"]) == 59.4    # conf/published/izf.yaml
+    assert float(cells[("eszsl", "gzsl/H")]["published"]) == 21.0  # conf/_internal/published/eszsl.yaml
+    assert float(cells[("izf", "gzsl/H")]["published"]) == 59.4    # conf/_internal/published/izf.yaml
     markdown = (tmp_path / "paper.md").read_text()
     assert "| eszsl: published (ESZSL) |" in markdown and "| izf: published (IZF) |" in markdown
     assert "arXiv:1707.00600" in markdown and "arXiv:2007.04873" in markdown

@@ -56,6 +56,7 @@ def test_benchmark_without_data_fails_at_once_naming_the_files(tmp_path, train_c
     proc = train_cli("dataset=awa2", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode != 0
     assert "res101.mat and att_splits.mat" in proc.stderr and str(tmp_path / "xlsa17" / "AWA2") in proc.stderr
+    assert f"Get it with: python -m izf.data download awa2 --data-dir {tmp_path}" in proc.stderr  # the command
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - start < 60
 
@@ -94,7 +95,7 @@ def test_benchmark_validation_task(fake_awa2, tmp_path, train_cli):
     proc = train_cli("dataset=awa2", f"paths.data_dir={fake_awa2}", "dataset.split=validation", "debug=fast",
                      "logger=none", f"hydra.run.dir={run_dir}")
     _check_metrics(run_dir)
-    assert "AWA2 (validation), validation task" in proc.stdout.replace("\n", " ")
+    assert "AWA2 (generated stand-in) (validation), validation task" in " ".join(proc.stdout.split())
     assert "to use it: model.calibration_gamma.softmax=<γ>" in " ".join(proc.stdout.split())  # the γ it chose
     # The task: AWA2's 40 seen classes, split into training and pseudo-unseen validation classes.
     task = re.search(r"'classes': (\d+), 'seen': (\d+), 'unseen': (\d+)", proc.stdout + proc.stderr)
@@ -106,4 +107,5 @@ def test_benchmark_config_refuses_data_of_another_shape(fake_awa2, tmp_path, tra
     proc = train_cli("dataset=awa1", f"dataset.root={fake_awa2 / 'xlsa17' / 'AWA2'}", f"hydra.run.dir={tmp_path}",
                      check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "does not match dataset 'AWA1' as configured: images expected 30475, found 37322" in proc.stderr
+    assert ("does not match dataset 'AWA1 (generated stand-in)' as configured: images expected 30475, found 37322"
+            in proc.stderr)

@@ -84,6 +84,9 @@ def _edit(folder, file, **changes):
 
 
 def test_missing_folder_names_files_and_how_to_get_them(tmp_path):
+    with pytest.raises(DatasetError, match=r"no such folder .*AWA2 \(expected res101.mat and att_splits.mat.*xlsa17"):
+        load_xlsa17(tmp_path / "AWA2")
+    (tmp_path / "AWA2").mkdir()
     with pytest.raises(DatasetError, match=r"missing res101.mat and att_splits.mat.*xlsa17"):
         load_xlsa17(tmp_path / "AWA2")
 

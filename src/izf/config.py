@@ -3,11 +3,27 @@ it from Python (the benchmark, tests, notebooks) exactly as train.py does."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from izf.errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parent
+
+
+def start_dir() -> str:
+    """The folder the command was started in (conf/paths: ${izf.start_dir:}). Inside a job, Hydra's
+    runtime.cwd; before Hydra's config is set, the current folder: a multirun's main process names
+    its sweep folder that way, where ${hydra:runtime.cwd} cannot resolve yet, and it has not moved."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
+# Registered on import: every process that composes or resolves a config imports this module first.
+OmegaConf.register_new_resolver("izf.start_dir", start_dir, replace=True)
 
 
 def config_dir() -> Path:

@@ -5,6 +5,8 @@ METRIC_COLUMNS = ("zsl/T1", "gzsl/U", "gzsl/S", "gzsl/H")  # metrics.json: "<cla
                                                           # the method's reported classifier, "<column>"
 METRICS_FILE = "metrics.json"
 WALL_TIME_KEY = "time/wall_s"  # seconds from the start of the job to its metrics (training + evaluation)
+DATA_KEY = "data"  # metrics.json: the data's name, e.g. "APY (generated stand-in)" for a folder `izf.data fake` made
+GENERATED = "generated stand-in"  # in that name: the data are not the benchmark's
 FAILURE_FILE = "error.txt"  # in a failed multirun job's directory: the reason, then the traceback
 
 

@@ -7,8 +7,8 @@ or never finished are listed with their reason. Prints the table and writes repo
 report.csv beside the jobs.
 
 With --paper: the paper's layout instead (datasets as column groups, a block of rows per method: the
-reported classifier's test numbers beside that method's published ones from conf/published/ and the
-difference), written to paper.md, paper.csv and paper.png.
+reported classifier's test numbers beside that method's published ones from conf/_internal/published/
+and the difference), written to paper.md, paper.csv and paper.png.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rich.table import Table
 
 from izf.config import config_dir
 from izf.io import atomic_path, save_figure, write_csv
-from izf.outputs import FAILURE_FILE, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY, classifiers_in
+from izf.outputs import DATA_KEY, FAILURE_FILE, GENERATED, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY, classifiers_in
 
 SEED_KEYS = ("seed",)
 
@@ -52,12 +52,24 @@ class Group:
         return ", ".join(f"{k}={v}" for k, v in self.key) or "(all)"
 
 
+def run_config(folder: Path):
+    """A job's config: the resolved copy train.py writes (config.yaml). A job that failed before
+    writing it has only Hydra's unresolved one, whose ${hydra:...} values cannot be resolved
+    outside the job: _select reads those as absent."""
+    resolved = folder / "config.yaml"
+    return OmegaConf.load(resolved if resolved.is_file() else folder / ".hydra" / "config.yaml")
+
+
+def _select(config, key: str, default=None):
+    return OmegaConf.select(config, key, default=default, throw_on_resolution_failure=False)
+
+
 def _dataset_name(config) -> str:
     """The dataset's name; for a folder of one's own (dataset=custom) the folder's name, so that
     runs on different folders are not averaged together."""
-    name = str(OmegaConf.select(config, "dataset.name", default="?"))
-    root = OmegaConf.select(config, "dataset.root", default=None, throw_on_missing=False)
-    return Path(root).name if name in ("custom", "xlsa17") and isinstance(root, str) and root != "???" else name
+    name = str(_select(config, "dataset.name", default="?"))
+    root = _select(config, "dataset.root")
+    return Path(root).name if name in ("custom", "xlsa17") and isinstance(root, str) else name
 
 
 def find_jobs(roots: list[Path]) -> list[Job]:
@@ -67,12 +79,12 @@ def find_jobs(roots: list[Path]) -> list[Job]:
         for overrides_file in sorted(root.rglob(".hydra/overrides.yaml")):
             folder = overrides_file.parent.parent
             overrides = dict(o.lstrip("+~").split("=", 1) for o in OmegaConf.load(overrides_file) if "=" in o)
-            config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+            config = run_config(folder)
             hydra_file = folder / ".hydra" / "hydra.yaml"
             choices = OmegaConf.load(hydra_file).hydra.runtime.choices if hydra_file.is_file() else {}
-            target = str(OmegaConf.select(config, "model._target_", default="izf.training.module.IZF"))
+            target = str(_select(config, "model._target_", default="izf.training.module.IZF"))
             job = Job(folder, overrides, dataset=_dataset_name(config),
-                      task=str(OmegaConf.select(config, "dataset.split", default="test")),
+                      task=str(_select(config, "dataset.split", default="test")),
                       method=str(choices.get("model", "izf")), method_class=target.rsplit(".", 1)[-1])
             if (folder / METRICS_FILE).is_file():
                 job.metrics = json.loads((folder / METRICS_FILE).read_text())
@@ -151,7 +163,8 @@ def _markdown(rows: list[dict], failed: list[Job]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PUBLISHED = "published"  # under the config folder: one file per method, {method: <class name>, source, results}
+# Under the config folder: one file per method, {method: <class name>, source, results}.
+PUBLISHED = "_internal/published"
 
 
 def published_results() -> dict[str, dict]:
@@ -215,7 +228,7 @@ def paper_cells(jobs: list[Job], published: dict[str, dict], classifier: str | N
 
 
 def _paper_markdown(cells: list[PaperCell], published: dict[str, dict], classifier: str | None,
-                    skipped: int, classes: dict[str, str]) -> str:
+                    skipped: int, classes: dict[str, str], generated: list[str]) -> str:
     methods = list(dict.fromkeys(c.method for c in cells))
     first = [c for c in cells if c.method == methods[0]]
     header = ["", *(f"{c.dataset} {c.metric.split('/')[1]}" for c in first)]
@@ -237,6 +250,9 @@ def _paper_markdown(cells: list[PaperCell], published: dict[str, dict], classifi
         lines.append("\n\\* recalled, not confirmed from the paper's table.")
     if skipped:
         lines.append(f"{skipped} validation-task run(s) left out: they are model selection, not results.")
+    if generated:
+        lines.append(f"\nNot the benchmarks' data: {', '.join(generated)} (`python -m izf.data fake`); the published "
+                     "numbers are not comparable with these.")
     return "\n".join(lines) + "\n"
 
 
@@ -270,7 +286,10 @@ def paper_report(roots: list[Path], out: Path, classifier: str | None = None) ->
     if not cells:
         raise SystemExit(f"error: no test-split jobs under {', '.join(map(str, roots))}")
     classes = {job.method: job.method_class for job in jobs}
-    markdown = _paper_markdown(cells, published, classifier, sum(job.task != "test" for job in jobs), classes)
+    generated = sorted({str(job.metrics.get(DATA_KEY)) for job in jobs
+                        if job.metrics and GENERATED in str(job.metrics.get(DATA_KEY))})
+    markdown = _paper_markdown(cells, published, classifier, sum(job.task != "test" for job in jobs), classes,
+                               generated)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "paper.md") as tmp:
         tmp.write_text(markdown)

@@ -30,6 +30,7 @@ from izf.errors import ConfigError
 from izf.model.classifiers import SoftmaxClassifier
 from izf.training.base import ZSLModule
 from izf.training.callbacks import NonFiniteGuard, RandomStreams
+from izf.training.hyperparameters import ADAM_KEYS, check_keys
 
 # Reference single_experiment.py, 'latent_size' and 'hidden_size_rule': (encoder, decoder) hidden widths
 # of 'resnet_features' (1560, 1660) and 'attributes' (1450, 665); one hidden layer each (models.py).
@@ -203,6 +204,8 @@ class CADAVAE(ZSLModule):
         warmup = {**WARMUP, **(warmup or {})}
         optimizer = {**OPTIMIZER, **(optimizer or {})}
         softmax = {**SOFTMAX, **(softmax or {})}
+        check_keys({"warmup": warmup, "optimizer": optimizer, "softmax": softmax},
+                   {"warmup": WARMUP, "optimizer": ADAM_KEYS, "softmax": SOFTMAX})
         check_settings(latent_dim, hidden, reconstruction, reparameterisation, warmup, softmax)
         self.save_hyperparameters()
         # the merged settings, so a checkpoint is complete whatever defaults the code has later

@@ -23,8 +23,13 @@ from izf.evaluation.protocol import fit_softmax_classifiers
 from izf.model.classifiers import SoftmaxClassifier
 from izf.training.base import ZSLModule
 from izf.training.callbacks import RandomStreams
+from izf.training.hyperparameters import check_keys, rule_keys
 
 Critic = Callable[[Tensor, Tensor], Tensor]  # D(x, a) -> one score per row (N × 1)
+# The keys of each nested setting (conf/model/clswgan.yaml) that the method reads; others are refused.
+SETTINGS = {"networks": ("generator_hidden", "critic_hidden", "noise_dim", "init_std"),
+            "wgan": ("critic_steps", "gp_weight", "cls_weight"), "optimizer": ("lr", "betas"),
+            "seen_classifier": ("epochs", "lr", "batch_size", "seed"), "softmax": rule_keys("softmax")}
 
 # Lightning's ModelCheckpoint warns, under manual optimisation, that the checkpoint holds the weights
 # after the step: that is what a resumed run must continue from (the resume test checks it).
@@ -117,9 +122,9 @@ class CLSWGAN(ZSLModule):
     (which classes to generate, drawn like the data; the reference reuses the last critic batch's).
 
     Manual optimisation (two optimisers): trainer.gradient_clip_val must be null (Lightning refuses
-    automatic clipping here; the reference clips nothing), as conf/budget/clswgan_*.yaml set. The
-    seen-class classifier of the classification loss is trained once when fitting starts, on its own
-    seeded random stream, and is a frozen submodule: it goes into checkpoints with the GAN."""
+    automatic clipping here; the reference clips nothing), as conf/_internal/budget/clswgan_*.yaml
+    set. The seen-class classifier of the classification loss is trained once when fitting starts,
+    on its own seeded random stream, and is a frozen submodule: it goes into checkpoints with the GAN."""
 
     classifiers = ("softmax",)
 
@@ -128,6 +133,8 @@ class CLSWGAN(ZSLModule):
                  softmax: dict[str, Any], classifier: str = "softmax",
                  calibration_gamma: float | dict[str, float] = 0.0):
         super().__init__(num_classes, semantic_dim, classifier, calibration_gamma)
+        check_keys({"networks": networks, "wgan": wgan, "optimizer": optimizer, "seen_classifier": seen_classifier,
+                    "softmax": softmax}, SETTINGS)
         self.save_hyperparameters()
         if not (isinstance(wgan["critic_steps"], int) and wgan["critic_steps"] >= 1):
             raise ConfigError(f"model.wgan.critic_steps={wgan['critic_steps']!r}: expected an integer ≥ 1")

@@ -53,10 +53,14 @@ class ESZSL(ZSLModule):
         self.weights.copy_(eszsl_weights(x.to(self.device), local, self.class_semantics[seen],
                                          self.hparams.feature_reg, self.hparams.semantic_reg).float())
 
+    def on_fit_start(self) -> None:
+        # The run is one step whatever trainer.max_steps says, and the progress bar counts to 1.
+        self.trainer.fit_loop.epoch_loop.max_steps = 1
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         # The solution needs every training image at once, not a batch: the whole trainval split.
         self.fit(*self.trainer.datamodule.split("trainval"))
-        self.trainer.should_stop = True  # fitted: nothing left to train
+        self.trainer.should_stop = True  # fitted (with no optimiser, global_step never reaches max_steps)
 
     def configure_optimizers(self) -> None:
         return None  # closed form: no optimiser

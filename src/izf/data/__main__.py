@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,25 +28,35 @@ from rich.table import Table
 from izf.config import config_dir
 from izf.data import cache, download, extract, generate
 from izf.data.benchmarks import BENCHMARKS, expected_sizes
-from izf.data.xlsa17 import FEATURES_FILE, SENTENCES_FILE, SPLITS_FILE, load_xlsa17, save_xlsa17
+from izf.data.xlsa17 import (
+    FEATURES_FILE,
+    GENERATED_FILE,
+    SENTENCES_FILE,
+    SPLITS_FILE,
+    default_data_dir,
+    how_to_get,
+    is_generated,
+    load_xlsa17,
+    save_xlsa17,
+)
 from izf.errors import IZFError
-from izf.io import atomic_folder
+from izf.io import atomic_folder, write_json
 
-DOWNLOAD_CONFIG = "data/xlsa17.yaml"  # the archive's address and checksum
-
-
-
-def default_data_dir() -> Path:
-    """The same place as the training config's paths.data_dir: $IZF_ROOT/data, else ./data."""
-    return Path(os.environ.get("IZF_ROOT", ".")) / "data"
+DOWNLOAD_CONFIG = "_internal/download.yaml"  # the archive's address and checksum
 
 
 def _dataset_folder(target: str, data_dir: Path) -> tuple[Path, str | None]:
-    """(folder, benchmark name or None) for `check NAME` or `check DIR`."""
+    """(folder, benchmark name or None) for `check NAME` or `check DIR`; neither is refused."""
     name = target.upper()
     if name in BENCHMARKS and not Path(target).is_dir():
-        return data_dir / "xlsa17" / name, name
+        folder = data_dir / "xlsa17" / name
+        if not folder.is_dir():
+            raise IZFError(f"{target}: no such dataset folder {folder}. {how_to_get(folder)}")
+        return folder, name
     folder = Path(target)
+    if not folder.is_dir():
+        raise IZFError(f"{target}: no such folder, and not a benchmark's name (expected a dataset folder, or one "
+                       f"of {', '.join(n.lower() for n in BENCHMARKS)})")
     return folder, folder.name.upper() if folder.name.upper() in BENCHMARKS else None
 
 
@@ -85,6 +94,8 @@ def cmd_check(args: argparse.Namespace) -> None:
             **{f"split {split}": summary[split] for split in data.splits},
             **{f"features {k}": f"{v:.4g}" for k, v in feature_statistics(data.features).items()},
             "load": f"{seconds:.2f} s ({'from the cache' if features_cached else 'from ' + FEATURES_FILE})"}
+    if is_generated(folder):
+        rows["generated"] = f"yes ({GENERATED_FILE}): made by `python -m izf.data fake`, not the benchmark's data"
     for key, value in rows.items():
         table.add_row(key, str(value))
     Console().print(table)
@@ -105,8 +116,12 @@ def cmd_fake(args: argparse.Namespace) -> None:
         save_xlsa17(data, partial)
         if splits_file is not None and (splits_file.parent / SENTENCES_FILE).is_file():
             shutil.copy(splits_file.parent / SENTENCES_FILE, partial / SENTENCES_FILE)
+        # the mark that tells check, download, training and reports that this is not the real data
+        write_json(partial / GENERATED_FILE, {"generated_by": "python -m izf.data fake", "like": args.like,
+                                              "feature_dim": args.feature_dim, "seed": args.seed,
+                                              "splits": str(splits_file) if splits_file else None})
         load_xlsa17(partial, name=args.like, cache=False)  # what was written must read back valid
-    print(f"wrote {out}: {data.summary()}")
+    print(f"wrote {out}, a generated stand-in for {args.like} (marked by {GENERATED_FILE}): {data.summary()}")
 
 
 def cmd_extract(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ from izf.data import generate
 from izf.data.benchmarks import expected_sizes
 from izf.data.dataset import ZSLData
 from izf.data.splits import validation_split
-from izf.data.xlsa17 import load_xlsa17
+from izf.data.xlsa17 import load_xlsa17, validate
 from izf.errors import ConfigError, DatasetError
 from izf.model.losses import class_means
 
@@ -142,6 +142,8 @@ class ZSLDataModule(L.LightningDataModule):
         data.check_expected(hp.root or hp.source, **expect)
         if hp.split == "validation":
             data = validation_split(data, **(hp.validation or {}))
+        # before any work, whatever made the data (a generator's settings, the validation task's draw)
+        validate(data, source=f"dataset '{data.name}'")
         return data
 
     def setup(self, stage: str | None = None) -> None:

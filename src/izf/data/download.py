@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from izf.data.xlsa17 import FEATURES_FILE, SENTENCES_FILE, SPLITS_FILE, load_xlsa17
+from izf.data.xlsa17 import FEATURES_FILE, GENERATED_FILE, SENTENCES_FILE, SPLITS_FILE, is_generated, load_xlsa17
 from izf.errors import DatasetError
 from izf.io import atomic_folder
 
@@ -40,10 +40,13 @@ def download(names: list[str], data_dir: Path, url: str, sha256: str | None = No
     root = Path(data_dir) / "xlsa17"
     todo = []
     for name in names:
-        if (root / name).exists() and not force:
+        if _keep(root / name, force):
             print(f"{name}: {root / name} already exists, skipping it (--force replaces it)")
-        else:
-            todo.append(name)
+            continue
+        if is_generated(root / name):
+            print(f"{name}: {root / name} holds a generated stand-in ({GENERATED_FILE}), not the real data: "
+                  "replacing it")
+        todo.append(name)
     if todo:  # fetch only when something is left to unpack
         if archive is None:
             archive = fetch(url, root / "downloads", sha256=sha256, progress=progress, timeout=timeout)
@@ -55,6 +58,11 @@ def download(names: list[str], data_dir: Path, url: str, sha256: str | None = No
                 _check_sha256(archive, sha256, what=f"--archive {archive}")
         unpack(archive, todo, root, force=force)
     return [root / name for name in names]
+
+
+def _keep(folder: Path, force: bool) -> bool:
+    """A dataset folder that is there stays, unless --force, or `python -m izf.data fake` made it."""
+    return folder.exists() and not force and not is_generated(folder)
 
 
 def _check_names(names: list[str]) -> list[str]:
@@ -181,7 +189,7 @@ def unpack(archive: Path, names: list[str], root: Path, force: bool = False) -> 
 def _install(zf: zipfile.ZipFile, archive: Path, name: str, found: dict[str, zipfile.ZipInfo],
              root: Path, force: bool) -> None:
     final = root / name
-    if final.exists() and not force:
+    if _keep(final, force):
         print(f"{name}: {final} already exists, skipping it (--force replaces it)")
         return
     with atomic_folder(final) as tmp:  # unpacked and validated under a hidden name, then renamed

@@ -4,8 +4,8 @@ DIR holds one sub-folder of images per class; FILE is a CSV table with one row p
 then its attribute values (a header row is optional). Every image becomes the 2048-d pooled
 output of an ImageNet-trained ResNet-101 (torchvision's, at 224 px after a 256 px resize, as the
 xlsa17 benchmark features were made), the classes are split into seen and unseen (seeded, or
-the list you give), 20 % of each seen class's images are held out as test_seen, and the folder
-is written in the xlsa17 format that `dataset=custom dataset.root=DIR` trains on.
+the list you give), 20 % of each seen class's images (at least one) are held out as test_seen, and
+the folder is written in the xlsa17 format that `dataset=custom dataset.root=DIR` trains on.
 
 Everything that can be checked is checked before the network runs (the table, the folders, every
 image's header). The features are computed in chunks saved beside --out, so an interrupted
@@ -118,8 +118,9 @@ def _check_opens(path: Path) -> None:
 def choose_split(labels: np.ndarray, class_names: list[str], unseen: list[str] | None, unseen_count: int | None,
                  test_seen_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """trainval / test_seen / test_unseen row indices: the unseen classes (given, or drawn with
-    `seed`), all their images in test_unseen; each seen class keeps ⌈(1 − fraction)·n⌉ images
-    (at least one) in trainval and the rest, drawn with `seed`, in test_seen."""
+    `seed`), all their images in test_unseen; each seen class holds out ⌊fraction·n⌋ of its images,
+    at least one and at most n − 1, drawn with `seed`, in test_seen, the rest in trainval. So a seen
+    class needs two images: one to train on, one to test the seen side of GZSL on."""
     rng = np.random.default_rng(seed)
     if unseen:
         unknown = sorted(set(unseen) - set(class_names))
@@ -135,10 +136,18 @@ def choose_split(labels: np.ndarray, class_names: list[str], unseen: list[str] |
         unseen_ids = np.sort(rng.choice(len(class_names), size=count, replace=False))
     if len(unseen_ids) >= len(class_names):
         raise DatasetError("every class is unseen: at least one class must have training images")
+    seen_ids = sorted(set(range(len(class_names))) - set(unseen_ids.tolist()))
+    single = [class_names[label] for label in seen_ids if (labels == label).sum() < 2]
+    if single:
+        several = len(single) > 1
+        raise DatasetError(f"seen class{'es' if several else ''} {', '.join(single)}: 1 image"
+                           f"{' each' if several else ''}, expected at least 2 (one to train on, one held out for "
+                           f"test_seen); add images, or make {'them' if several else 'it'} unseen "
+                           "(--unseen-classes)")
     splits = {"trainval": [], "test_seen": [], "test_unseen": np.flatnonzero(np.isin(labels, unseen_ids))}
-    for label in sorted(set(range(len(class_names))) - set(unseen_ids.tolist())):
+    for label in seen_ids:
         rows = rng.permutation(np.flatnonzero(labels == label))
-        held_out = min(len(rows) - 1, int(test_seen_fraction * len(rows)))
+        held_out = min(len(rows) - 1, max(1, int(test_seen_fraction * len(rows))))
         splits["test_seen"] += rows[:held_out].tolist()
         splits["trainval"] += rows[held_out:].tolist()
     return {name: np.sort(np.asarray(rows, dtype=np.int64)) for name, rows in splits.items()}
@@ -230,8 +239,8 @@ def extract(job: Extraction) -> dict[str, float]:
     """Runs the whole extraction; returns {"images": N, "seconds": network time, "images_per_s": …}."""
     if job.out.exists() and not job.force:
         raise DatasetError(f"--out {job.out} already exists (pass --force to replace it)")
-    if job.image_size < 32 or job.batch_size < 1 or job.chunk < 1 or not 0 <= job.test_seen_fraction < 1:
-        raise DatasetError("expected --image-size ≥ 32, --batch-size ≥ 1, --chunk ≥ 1 and 0 ≤ "
+    if job.image_size < 32 or job.batch_size < 1 or job.chunk < 1 or not 0 < job.test_seen_fraction < 1:
+        raise DatasetError("expected --image-size ≥ 32, --batch-size ≥ 1, --chunk ≥ 1 and 0 < "
                            "--test-seen-fraction < 1")
     names, attributes = read_attribute_table(job.attributes)
     folder = scan_images(job.images, names)

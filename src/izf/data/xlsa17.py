@@ -8,6 +8,7 @@ DatasetError that names the file, the key, and what was expected.
 
 from __future__ import annotations
 
+import os
 import struct
 import tempfile
 import zipfile
@@ -18,18 +19,41 @@ import numpy as np
 import scipy.io
 
 from izf.data import cache, isolated
+from izf.data.benchmarks import BENCHMARKS
 from izf.data.dataset import OPTIONAL_SPLITS, SPLITS, ZSLData
 from izf.errors import DatasetError
 from izf.io import atomic_path
+from izf.outputs import GENERATED
 
 FEATURES_FILE = "res101.mat"
 SPLITS_FILE = "att_splits.mat"
 SENTENCES_FILE = "sent_splits.mat"  # CUB only: the same splits, `att` = 1024-d sentence embeddings
+GENERATED_FILE = "GENERATED.json"  # written by `python -m izf.data fake`: the folder is a stand-in, not the data
 HOW_TO_GET = (
     "Get the public xlsa17 archive (xlsa17.zip, Max Planck Institute for Informatics; linked from "
     "the README of every GZSL codebase) and unpack it so that <data_dir>/xlsa17/<NAME>/ holds "
     f"{FEATURES_FILE} and {SPLITS_FILE}, or point dataset.root at such a folder."
 )
+
+
+def default_data_dir() -> Path:
+    """The same place as the training config's paths.data_dir: $IZF_ROOT/data, else ./data."""
+    return Path(os.environ.get("IZF_ROOT", ".")) / "data"
+
+
+def how_to_get(root: Path) -> str:
+    """For a benchmark's folder (<data_dir>/xlsa17/<NAME>, as paths.data_dir places it) the command
+    that downloads it there; for any other folder, how to make one."""
+    if root.name.upper() in BENCHMARKS and root.parent.name == "xlsa17":
+        data_dir = root.parent.parent
+        elsewhere = "" if data_dir.resolve() == default_data_dir().resolve() else f" --data-dir {data_dir}"
+        return f"Get it with: python -m izf.data download {root.name.lower()}{elsewhere}"
+    return HOW_TO_GET
+
+
+def is_generated(root: Path) -> bool:
+    """Whether `python -m izf.data fake` wrote this folder (a stand-in, not the benchmark's data)."""
+    return (Path(root) / GENERATED_FILE).is_file()
 
 
 def _check_complete(path: Path) -> None:
@@ -224,9 +248,14 @@ def load_xlsa17(root: str | Path, name: str | None = None, semantics: str = "att
     root = Path(root)
     name = name or root.name
     features_path, splits_path = root / FEATURES_FILE, root / SPLITS_FILE
+    if not root.is_dir():
+        raise DatasetError(f"dataset '{name}': no such folder {root} (expected {FEATURES_FILE} and {SPLITS_FILE} "
+                           f"there). {how_to_get(root)}")
     missing = [p.name for p in (features_path, splits_path) if not p.is_file()]
     if missing:
-        raise DatasetError(f"dataset '{name}': {root} is missing {' and '.join(missing)}. {HOW_TO_GET}")
+        raise DatasetError(f"dataset '{name}': {root} is missing {' and '.join(missing)}. {how_to_get(root)}")
+    if is_generated(root):  # results tables, metrics.json and the paper report say so
+        name = f"{name} ({GENERATED})"
 
     split_mat = _read_mat(splits_path, cache)
     class_semantics = read_semantics(root, split_mat, semantics, cache)
@@ -249,6 +278,11 @@ def load_xlsa17(root: str | Path, name: str | None = None, semantics: str = "att
 
 def validate(data: ZSLData, source: str) -> None:
     """The structural promises the rest of the code relies on."""
+    empty = [split for split in SPLITS if len(data.splits[split]) == 0]
+    if empty:
+        raise DatasetError(f"{source}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty; "
+                           "expected images in each of trainval (to train on), test_seen and test_unseen (to test "
+                           "the seen and the unseen classes on)")
     all_idx = np.concatenate([data.splits[s] for s in SPLITS])
     if len(np.unique(all_idx)) != len(all_idx):
         raise DatasetError(f"{source}: trainval_loc, test_seen_loc and test_unseen_loc overlap; "

@@ -1,5 +1,6 @@
 """Callbacks the IZF module brings to any Trainer it is fitted with (IZF.configure_callbacks):
-exact resumption of the random streams, and the guard that keeps NaN/inf out of the weights."""
+exact resumption of the random streams, and the guard that keeps NaN/inf out of the weights; and
+the progress bar the callbacks config adds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 from izf.errors import DivergenceError, require_finite_weights
 from izf.training.hyperparameters import NONFINITE_DEFAULTS
@@ -84,3 +86,26 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_steps = state_dict.get("skipped_steps", 0)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting the run's steps out of trainer.max_steps. A run is a
+    number of steps (max_epochs: -1) over epochs of dataset.batches_per_epoch batches, and Lightning's
+    own bar counts the current epoch's batches: "Epoch 0/-2", 1000 of a 1500-step run, 120/21 after
+    a resume."""
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.max_steps
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's: "Epoch <n>/<max_epochs - 1>"
+        return "Training"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.train_progress_bar_id is None:  # one bar for the run: the next epoch does not reset it
+            super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.total.processed  # the run's, those before a resume too
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, done - 1)

@@ -1,5 +1,5 @@
 """Checkpoints that survive being killed, are refused when they do not fit, and a clean stop on
-SIGTERM or a cluster's preemption signal, with a checkpoint to resume from."""
+SIGTERM, Ctrl-C or a cluster's preemption signal, with a checkpoint to resume from."""
 
 from __future__ import annotations
 
@@ -61,9 +61,13 @@ def check_checkpoint(path: str | Path, model: L.LightningModule) -> None:
                               f"{tuple(tensor.shape)} here: another dataset or model.flow size")
 
 
-class SaveOnSigterm(L.Callback):
+class SaveOnInterrupt(L.Callback):
     """On SIGTERM, finish the current step, write last.ckpt and stop: Lightning then ends fit with
     its SIGTERMException, which the run reports as 'interrupted, resumable' (run.py).
+
+    On Ctrl-C (SIGINT) the same, through `interrupted`: fit ends normally after that step and the run
+    reports it the same way. (Lightning's own Ctrl-C handling stops mid-step and writes nothing.) A
+    second Ctrl-C stops at once.
 
     On the preemption signal of a cluster job launched by submitit (launcher=slurm or local; USR2
     unless $SUBMITIT_PREEMPT_SIGNAL says otherwise), whose handler requeues the job and exits at
@@ -74,22 +78,40 @@ class SaveOnSigterm(L.Callback):
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
         self.saved_to: Path | None = None
+        self.interrupted = False  # Ctrl-C arrived: the run stops after this step
         self._preempted: tuple | None = None  # (handler to hand over to, signum, frame)
+        self._sigint: Any = None  # the SIGINT handler before fit, put back after it
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():  # only there can handlers be set
+            return
         name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
         number = getattr(signal, f"SIG{name}", None)
-        in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
-        previous = signal.getsignal(number) if number is not None and in_main_thread else None
+        previous = signal.getsignal(number) if number is not None else None
         if callable(previous):  # someone (submitit) acts on it: defer that to the end of the step
             signal.signal(number, lambda signum, frame: setattr(self, "_preempted", (previous, signum, frame)))
+        self._sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt  # the second Ctrl-C: at once
+        self.interrupted = True
+        log.warning("Ctrl-C: stopping after this step to write last.ckpt (Ctrl-C again stops at once)")
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if (trainer.received_sigterm or self._preempted) and self.saved_to is None:
+        if (trainer.received_sigterm or self.interrupted or self._preempted) and self.saved_to is None:
             self.saved_to = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(self.saved_to)
+            reason = "SIGTERM" if trainer.received_sigterm else "Ctrl-C" if self.interrupted else "preempted"
             log.warning("%s: saved %s at step %d; resume with ckpt_path=last and the same hydra.run.dir",
-                        "SIGTERM" if trainer.received_sigterm else "preempted", self.saved_to, trainer.global_step)
+                        reason, self.saved_to, trainer.global_step)
+        if self.interrupted:
+            trainer.should_stop = True
         if self._preempted:
             handler, signum, frame = self._preempted
             handler(signum, frame)  # submitit: requeue this job, then exit
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._sigint is not None:  # after fit, Ctrl-C is Python's KeyboardInterrupt again
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None

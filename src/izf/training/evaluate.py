@@ -21,7 +21,7 @@ from izf.data import ZSLDataModule
 from izf.errors import ConfigError
 from izf.evaluation.protocol import TEST_SPLITS, Evaluation, evaluate, gamma_of, stacking_curves
 from izf.io import save_figure, write_csv, write_json
-from izf.outputs import METRIC_COLUMNS, METRICS_FILE, classifiers_in
+from izf.outputs import DATA_KEY, METRIC_COLUMNS, METRICS_FILE, classifiers_in
 from izf.training.base import METHOD_KEY, ZSLModule
 from izf.training.hyperparameters import check_hyperparameters
 
@@ -140,7 +140,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     curves = stacking_curves(scores, labels, model.seen_classes, model.unseen_classes, gammas)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / METRICS_FILE, metrics | {"checkpoint": str(ckpt_path.resolve())})
+    write_json(output_dir / METRICS_FILE,
+               metrics | {DATA_KEY: datamodule.data.name, "checkpoint": str(ckpt_path.resolve())})
     write_csv(output_dir / "calibration.csv", ["classifier", "gamma", "gzsl/U", "gzsl/S", "gzsl/H"],
               ([name, p["gamma"], p["gzsl/U"], p["gzsl/S"], p["gzsl/H"]] for name, curve in curves.items()
                for p in curve))

@@ -1,11 +1,17 @@
 """The model's hyperparameters: the allowed values of every model.<key>, checked before any work so
-a bad override is refused in one line that names the key, and the defaults of keys added after
-the first release (older checkpoints and configs keep the paper's behaviour)."""
+a bad override is refused in one line that names the key, the keys each method reads (any other,
+e.g. a typo added with `+model.loss.semantc=1`, is refused rather than stored and ignored), and the
+defaults of keys added after the first release (older checkpoints and configs keep the paper's
+behaviour)."""
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Iterable
 from typing import Any
+
+import torch
 
 from izf.errors import ConfigError
 
@@ -41,6 +47,8 @@ HYPERPARAMETER_RULES = {
     "flow.clamp": (_positive, "a number > 0"),
     "flow.init_std": (_non_negative, "a number ≥ 0"),
     "flow.mixing": (lambda v: v in ("permutation", "lu"), "permutation or lu"),
+    "flow.permutation_seed": (_count(0), "an integer ≥ 0"),
+    "flow.actnorm": (lambda v: isinstance(v, bool), "true or false"),
     "loss.semantic": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
     "loss.negative": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
     "loss.centralising": (_non_negative, "a weight ≥ 0 (0 turns the term off)"),
@@ -51,6 +59,7 @@ HYPERPARAMETER_RULES = {
     "loss.mmd_bandwidth": (lambda v: v in MMD_BANDWIDTHS, " or ".join(MMD_BANDWIDTHS)),
     "loss.scaling": (lambda v: v in LOSS_SCALINGS, " or ".join(LOSS_SCALINGS)),
     "loss.centre": (lambda v: v in CENTRES, " or ".join(CENTRES)),
+    "loss.mmd_unbiased": (lambda v: isinstance(v, bool), "true or false"),
     "optimizer.lr": (_positive, "a learning rate > 0"),
     "optimizer.weight_decay": (_non_negative, "a number ≥ 0"),
     "jitter": (_non_negative, "a number ≥ 0"),
@@ -80,3 +89,28 @@ def check_hyperparameters(hparams: dict[str, Any]) -> None:
             value = value.get(part, absent) if isinstance(value, dict) else absent
         if value is not absent and not valid(value):
             raise ConfigError(f"model.{key}={value!r}: expected {expected}")
+
+
+def rule_keys(group: str) -> set[str]:
+    """The keys of model.<group> that have a rule above: for IZF, all that it reads."""
+    return {key.split(".", 1)[1] for key in HYPERPARAMETER_RULES if key.startswith(f"{group}.")}
+
+
+ADAM_KEYS = tuple(name for name in inspect.signature(torch.optim.Adam).parameters if name != "params")
+
+
+def refuse_unknown_keys(prefix: str, given: Iterable[str], allowed: Iterable[str]) -> None:
+    """Refuse a key a method does not read, naming it and the ones it does."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}: unknown setting; {prefix} takes {', '.join(sorted(allowed))}")
+
+
+def check_keys(settings: dict[str, Any], allowed: dict[str, Iterable[str]]) -> None:
+    """Each nested setting (model.<group>) holds only the keys `allowed` names for it."""
+    for group, keys in allowed.items():
+        refuse_unknown_keys(f"model.{group}", settings.get(group) or {}, keys)
+
+
+IZF_KEYS = {"flow": rule_keys("flow"), "loss": rule_keys("loss"), "optimizer": ADAM_KEYS,
+            "softmax": rule_keys("softmax"), "nonfinite": rule_keys("nonfinite")}

@@ -45,7 +45,11 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any]:
                 sweep = Path(HydraConfig.get().sweep.dir).name
                 extra["group"] = node.get("group") or sweep
                 extra["name"] = node.get("name") or f"{sweep}/{HydraConfig.get().job.num}"
-        loggers.append(hydra.utils.instantiate(node, **extra))
+        logger = hydra.utils.instantiate(node, **extra)
+        if isinstance(logger, WandbLogger):
+            # Lightning passes wandb.init an `anonymous` setting, which wandb ≥ 0.19 warns has no effect
+            logger._wandb_init.pop("anonymous", None)
+        loggers.append(logger)
     return loggers
 
 

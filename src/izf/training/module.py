@@ -17,7 +17,7 @@ from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
 from izf.model.flow import InvertibleFlow
 from izf.training.base import ZSLModule
 from izf.training.callbacks import NonFiniteGuard, RandomStreams
-from izf.training.hyperparameters import LOSS_DEFAULTS, NONFINITE_DEFAULTS, check_hyperparameters
+from izf.training.hyperparameters import IZF_KEYS, LOSS_DEFAULTS, NONFINITE_DEFAULTS, check_hyperparameters, check_keys
 
 ACTNORM_SAMPLE = 1024  # training images that initialise ActNorm (per-dimension mean and std)
 
@@ -38,8 +38,10 @@ class IZF(ZSLModule):
         super().__init__(num_classes, semantic_dim, classifier, calibration_gamma)
         nonfinite = {**NONFINITE_DEFAULTS, **(nonfinite or {})}
         loss = {**LOSS_DEFAULTS, **loss}
-        check_hyperparameters({"flow": flow, "loss": loss, "optimizer": optimizer, "softmax": softmax,
-                               "jitter": jitter, "calibration_gamma": calibration_gamma, "nonfinite": nonfinite})
+        settings = {"flow": flow, "loss": loss, "optimizer": optimizer, "softmax": softmax, "jitter": jitter,
+                    "calibration_gamma": calibration_gamma, "nonfinite": nonfinite}
+        check_keys(settings, IZF_KEYS)
+        check_hyperparameters(settings)
         if not 0 < semantic_dim < feature_dim:
             raise ConfigError(f"the semantic dim ({semantic_dim}) must be smaller than the feature dim "
                               f"({feature_dim}): f(x) = [ĉ (d_c dims); ẑ (D − d_c dims)]")

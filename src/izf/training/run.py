@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import time
@@ -14,11 +15,12 @@ import hydra
 import lightning.pytorch as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from rich.console import Console
@@ -29,15 +31,21 @@ from izf.data.benchmarks import resembles
 from izf.errors import ConfigError, IZFError
 from izf.evaluation.protocol import gamma_of
 from izf.io import atomic_path, write_json
-from izf.outputs import FAILURE_FILE, METRICS_FILE, WALL_TIME_KEY
+from izf.outputs import DATA_KEY, FAILURE_FILE, METRICS_FILE, WALL_TIME_KEY
 from izf.training.base import ZSLModule
-from izf.training.checkpoints import SaveOnSigterm, check_checkpoint
+from izf.training.checkpoints import SaveOnInterrupt, check_checkpoint
 from izf.training.evaluate import evaluate_model, results_table
+from izf.training.hyperparameters import refuse_unknown_keys
 from izf.training.loggers import instantiate_loggers, save_pictures
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+# Lightning advertises its cloud logger on every run ("💡 Tip: ..."): not a message about the run.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "💡 Tip" not in record.getMessage())
+
+
+RECIPES = "_internal/recipe"  # the config group train.yaml picks a recipe from, as <model>_<dataset>
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -53,9 +61,9 @@ def _check_recipe(datamodule: ZSLDataModule) -> None:
     choices = HydraConfig.get().runtime.choices
     for name in resembles(datamodule.data.summary()):
         recipe = f"{choices.get('model')}_{name.lower()}"
-        if (config_dir() / "recipe" / f"{recipe}.yaml").is_file() and choices.get("recipe") != recipe:
+        if (config_dir() / RECIPES / f"{recipe}.yaml").is_file() and choices.get(RECIPES) != recipe:
             log.warning("the data has %s's classes and attributes, but not its recipe: the paper's settings for "
-                        "%s are in recipe=%s (add it to the command line)", name, name, recipe)
+                        "%s are in %s=%s (add it to the command line)", name, name, RECIPES, recipe)
 
 
 def build(cfg: DictConfig) -> tuple[ZSLDataModule, ZSLModule]:
@@ -66,13 +74,36 @@ def build(cfg: DictConfig) -> tuple[ZSLDataModule, ZSLModule]:
     _check_recipe(datamodule)
     settings = OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
     method = hydra.utils.get_class(settings.pop("_target_"))
+    # a key the method does not take (`+model.foo=1`) is refused here, not as a TypeError from its constructor
+    given = {"num_classes", "feature_dim", "semantic_dim"}  # from the data
+    refuse_unknown_keys("model", settings, set(inspect.signature(method).parameters) - given)
     model = method(num_classes=len(datamodule.semantics), feature_dim=datamodule.features.shape[1],
                    semantic_dim=datamodule.semantics.shape[1], **settings)
     return datamodule, model
 
 
 class Interrupted(Exception):
-    """SIGTERM arrived: last.ckpt is written and the run can be resumed."""
+    """SIGTERM or Ctrl-C arrived: last.ckpt is written and the run can be resumed."""
+
+
+def _interrupted(reason: str, trainer: L.Trainer, saver: SaveOnInterrupt, output_dir: Path) -> Interrupted:
+    return Interrupted(f"stopped by {reason} at step {trainer.global_step}; "
+                       + (f"saved {saver.saved_to}; " if saver.saved_to else "")
+                       + f"resume with: python train.py <same overrides> hydra.run.dir={output_dir} ckpt_path=last")
+
+
+def _trainer(cfg: DictConfig, callbacks: list[Any]) -> L.Trainer:
+    """The configured Trainer, built before any work so that settings Lightning refuses (trainer=gpu
+    where there is no GPU) end the run in one line. Its loggers are added once the data is read."""
+    try:
+        return hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=callbacks)
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, MisconfigurationException):
+            raise
+        keys = ", ".join(f"{key}={cfg.trainer.get(key)}" for key in ("accelerator", "devices", "strategy"))
+        hint = ("; this machine has no GPU: leave out trainer=gpu (the default uses a GPU where there is one)"
+                if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available() else "")
+        raise ConfigError(f"trainer ({keys}): {err.__cause__}{hint}") from None
 
 
 def _resume_from(cfg: DictConfig, model: ZSLModule, output_dir: Path) -> str | None:
@@ -99,11 +130,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not (isinstance(cfg.trainer.max_steps, int) and cfg.trainer.max_steps >= 1):
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: expected an integer ≥ 1 (the flow's training "
                           "length; the paper's is 11000)")
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in config.yaml; no "Seed set" line
     torch.set_float32_matmul_precision(cfg.matmul_precision)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    checkpoint_dir = next((c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint)), output_dir / "checkpoints")
+    saver = SaveOnInterrupt(checkpoint_dir)
+    trainer = _trainer(cfg, [*callbacks, saver])
     datamodule, model = build(cfg)
     ckpt_path = _resume_from(cfg, model, output_dir)
     log.info("data %s: %s", datamodule.data.name, datamodule.data.summary())
+    log.info("model %s: %s trainable parameters", type(model).__name__,
+             f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
     if rank_zero_only.rank == 0:  # DDP: Lightning re-runs this script for the other processes
         with atomic_path(output_dir / "config.yaml") as tmp:
             OmegaConf.save(cfg, tmp, resolve=True)
@@ -111,17 +148,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_loggers(cfg)
     for logger in loggers:  # the whole experiment, not only the model's hyperparameters
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    checkpoint_dir = next((c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint)), output_dir / "checkpoints")
-    sigterm = SaveOnSigterm(checkpoint_dir)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, sigterm])
+    trainer.loggers = loggers
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
-        raise Interrupted(f"stopped by SIGTERM at step {trainer.global_step}; "
-                          + (f"saved {sigterm.saved_to}; " if sigterm.saved_to else "")
-                          + f"resume with: python train.py <same overrides> hydra.run.dir={output_dir} "
-                            "ckpt_path=last") from None
+        raise _interrupted("SIGTERM", trainer, saver, output_dir) from None
+    if saver.interrupted:
+        raise _interrupted("Ctrl-C", trainer, saver, output_dir)
     if not trainer.is_global_zero:  # multi-GPU: one process evaluates, on the full test splits
         return {}
     # Evaluation uses the final weights of the fixed schedule (no selection on test data).
@@ -136,7 +169,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, WandbLogger):  # one W&B run per job, also within a multirun
             logger.experiment.finish()
 
-    write_json(output_dir / METRICS_FILE, metrics)
+    write_json(output_dir / METRICS_FILE, metrics | {DATA_KEY: datamodule.data.name})
     task = ("validation task: seen classes only, no test data" if datamodule.hparams.split == "validation"
             else "test splits")
     console = Console()
@@ -161,8 +194,18 @@ def user_error(err: BaseException) -> str | None:
     return str(err) if isinstance(err, IZFError) else None
 
 
+def final_line(line: str) -> None:
+    """The line that ends a run, on stderr and in the job's log file (Hydra's train.log, which
+    otherwise ends without saying why)."""
+    print(line, file=sys.stderr)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def exit_with_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    final_line(f"error: {message}")
     sys.exit(2)
 
 
@@ -172,11 +215,11 @@ def _multi_process(cfg: DictConfig) -> bool:
 
 def run_job(cfg: DictConfig) -> float | None:
     """train() as one job of train.py, returning GZSL H for sweepers. In a single run, bad input
-    ends it with one `error:` line (status 2) and SIGTERM with status 3. In a multirun a failed job
-    must not take the others down: its reason goes to error.txt in its directory (where
-    `python -m izf.report` finds it) and it returns None, which the Optuna sweeper records as a
-    failed trial (a NaN would crash optuna 2.10's sweeper) and the basic sweeper ignores. SIGTERM
-    stops a multirun too: the whole sweep is being preempted."""
+    ends it with one `error:` line (status 2) and SIGTERM or Ctrl-C with status 3, that line also
+    ending its train.log. In a multirun a failed job must not take the others down: its reason goes
+    to error.txt in its directory (where `python -m izf.report` finds it) and it returns None, which
+    the Optuna sweeper records as a failed trial (a NaN would crash optuna 2.10's sweeper) and the
+    basic sweeper ignores. SIGTERM stops a multirun too: the whole sweep is being preempted."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and _multi_process(cfg):
         exit_with_error("trainer=ddp cannot run inside a multirun (-m): Lightning starts the other processes by "
@@ -186,7 +229,7 @@ def run_job(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
         return metrics.get("gzsl/H")  # None on the non-zero ranks of a multi-GPU run
     except Interrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
+        final_line(f"interrupted: {err}")
         sys.exit(3)
     except Exception as err:
         message = user_error(err)
