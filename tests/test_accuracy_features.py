@@ -38,7 +38,9 @@ def test_paper_model_is_the_literal_loss_and_default_is_normalised():
     paper = config("dataset=awa2", "model=izf_paper").model
     assert paper.loss.scaling == "paper" and paper.loss.centre == "batch" and paper.loss.mmd_bandwidth == "fixed"
     assert (paper.loss.semantic, paper.loss.negative, paper.loss.centralising) == (10.0, 1.0, 1.0)
-    assert paper.loss.negative_margin is None and dict(paper.calibration_gamma) == {"softmax": 0.0, "nb": 0.0}
+    assert paper.loss.negative_margin is None
+    assert dict(paper.calibration_gamma) == {"softmax": 0.0, "nb": 0.0, "gaussian": 0.0}
+    assert (paper.classifier, paper.unseen_centre) == ("softmax", 0.0)  # the paper's classifier on the flow's samples
     default = config("dataset=awa2").model
     assert default.loss.scaling == "normalised" and default.loss.centre == "dataset"
     assert default.softmax.balanced and not paper.softmax.balanced and paper.softmax.temperature == 1.0

@@ -10,7 +10,7 @@ import torch
 
 from izf.baselines.eszsl import ESZSL, eszsl_weights
 from izf.data import ZSLDataModule
-from izf.outputs import METRIC_COLUMNS, WALL_TIME_KEY
+from izf.outputs import METRIC_COLUMNS, NO_STACKING, WALL_TIME_KEY
 from izf.training.evaluate import evaluate_model
 from tests.conftest import SMALL, run_cli
 
@@ -53,6 +53,12 @@ def test_eszsl_fits_in_one_step_and_scores_every_class():
     metrics = evaluate_model(model, datamodule).metrics
     assert metrics["zsl/T1"] == metrics["compatibility/zsl/T1"] > 1 / 3  # 3 unseen classes: chance is 1/3
 
+    # The validation choice tries other regularisers on the same model: the evaluation solves again.
+    model.hparams.feature_reg = 100.0
+    evaluate_model(model, datamodule)
+    torch.testing.assert_close(model.weights, eszsl_weights(x, torch.searchsorted(seen, y), datamodule.semantics[seen],
+                                                            100.0, 0.1).float())
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, classifiers", [("eszsl", ["compatibility"]), ("clswgan", ["softmax"]),
@@ -62,8 +68,10 @@ def test_each_method_end_to_end_through_the_shared_harness(tmp_path, train_cli, 
     proc = train_cli(f"model={model}", "debug=fast", *SMALL, "logger=none", "callbacks.progress_bar=null",
                      f"hydra.run.dir={run_dir}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert {key for key in metrics if key.count("/") == 2} == {
-        f"{c}/{column}" for c in classifiers for column in METRIC_COLUMNS}  # its classifiers, the shared keys
+    gzsl = [column for column in METRIC_COLUMNS if column.startswith("gzsl/")]
+    assert {key for key in metrics if key.count("/") >= 2} == {  # its classifiers, the shared keys, GZSL at γ = 0
+        f"{c}/{column}" for c in classifiers for column in METRIC_COLUMNS} | {
+        f"{prefix}{NO_STACKING}/{column}" for prefix in ["", *(f"{c}/" for c in classifiers)] for column in gzsl}
     assert all(0 <= metrics[column] <= 1 for column in METRIC_COLUMNS)
     assert f"{classifiers[0]} (reported)" in proc.stdout
     run_cli("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={eval_dir}", check=True)

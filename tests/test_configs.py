@@ -100,3 +100,21 @@ def test_every_file_the_docs_and_code_cite_exists():
     assert len(cited) > 10  # the pattern finds the citations
     missing = sorted(f"{source}: {ref}" for source, ref in cited if not (REPO / ref).exists())
     assert not missing, missing
+
+
+def test_a_baseline_takes_its_reference_settings_per_dataset_and_says_when_it_has_none(caplog):
+    from izf.training.run import _check_dataset_budget
+
+    cub = compose("train", ["model=clswgan", "dataset=cub", "schedule=paper"])
+    sun = compose("train", ["model=clswgan", "dataset=sun", "schedule=paper"])
+    assert (cub.trainer.max_steps, cub.model.softmax.n_gen) == (37296, 300)
+    assert (sun.trainer.max_steps, sun.model.optimizer.lr, sun.model.softmax.n_gen) == (38880, 2e-4, 400)
+    assert compose("train", ["model=clswgan", "dataset=sun", "schedule=cpu"]).model.optimizer.lr == 1e-3  # CPU budget
+    assert compose("train", ["model=cada_vae", "dataset=cub", "schedule=paper"]).model.softmax.epochs == 23
+    with caplog.at_level(logging.WARNING):
+        compose("train", ["model=cada_vae", "dataset=cub", "schedule=paper"])
+        _check_dataset_budget()
+        assert not caplog.records
+        compose("train", ["model=cada_vae", "dataset=apy", "schedule=paper"])
+        _check_dataset_budget()
+    assert "not for dataset=apy" in caplog.text and "awa1, awa2, cub, sun" in caplog.text

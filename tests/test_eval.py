@@ -10,6 +10,7 @@ import torch
 from izf.config import compose
 from izf.errors import ConfigError
 from izf.evaluation.calibration import gamma_grid, stacking_curve
+from izf.evaluation.metrics import gzsl_metrics
 from izf.outputs import WALL_TIME_KEY
 from izf.training.evaluate import evaluate_checkpoint
 from tests.conftest import TINY, run_cli
@@ -69,3 +70,17 @@ def test_gamma_grid_spans_from_all_seen_to_all_unseen():
     lowest, highest = (calibrated.argmax(1) for calibrated in
                        (scores - g * torch.isin(torch.arange(5), seen) for g in (gammas[0], gammas[-1])))
     assert torch.isin(lowest, seen).all() and torch.isin(highest, unseen).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_stacking_curve_is_gzsl_metrics_at_each_gamma(seed):
+    """The curve's shortcut (each image's best seen and best unseen class, found once) gives what the
+    protocol's full argmax gives at every γ, ties included (small integer scores tie often)."""
+    g = torch.Generator().manual_seed(seed)
+    seen, unseen = torch.tensor([0, 2, 3, 5]), torch.tensor([1, 4, 6])
+    scores_seen, scores_unseen = (torch.randint(0, 4, (n, 7), generator=g).float() for n in (40, 30))
+    y_seen, y_unseen = seen[torch.arange(40) % 4], unseen[torch.arange(30) % 3]
+    gammas = [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0]
+    for point in stacking_curve(scores_seen, y_seen, scores_unseen, y_unseen, seen, unseen, gammas):
+        expected = gzsl_metrics(scores_seen, y_seen, scores_unseen, y_unseen, seen, unseen, point["gamma"])
+        assert {k: point[k] for k in expected} == expected

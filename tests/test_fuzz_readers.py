@@ -2,6 +2,8 @@
 valid dataset or a DatasetError (one line naming the file), never another exception."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -119,3 +121,15 @@ def test_a_parser_crash_becomes_a_dataset_error(tmp_path):
 
     with pytest.raises(DatasetError, match=r"x.mat: corrupt file: the MAT parser crashed on it \(SIGSEGV\)"):
         isolated.run(_segfault, tmp_path / "x.mat", tmp_path)
+
+
+def test_a_script_without_a_main_guard_is_told_so(tmp_path):
+    """The reader's child process imports the main module first: a script whose code runs at import
+    makes the child exit before it answers. That is the script's fault, not the file's."""
+    folder = save_xlsa17(VALID, tmp_path / "ok")
+    script = tmp_path / "unguarded.py"
+    script.write_text("import sys\nfrom izf.data.xlsa17 import load_xlsa17\nload_xlsa17(sys.argv[1], cache=False)\n")
+    result = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert 'put its code under `if __name__ == "__main__":`' in result.stderr
+    assert "corrupt file" not in result.stderr

@@ -99,3 +99,14 @@ def test_gzsl_metrics_match_an_independent_count_on_random_predictions(seed):
                               seen.tolist(), unseen.tolist())
     assert 0.05 < u < 0.95 and 0.05 < s < 0.95  # a case where every part of the count matters
     assert (m["gzsl/U"], m["gzsl/S"], m["gzsl/H"]) == (pytest.approx(u), pytest.approx(s), pytest.approx(h))
+
+
+def test_the_softmax_classifier_can_start_as_f_clswgans_code_does():
+    from izf.model.classifiers import SoftmaxClassifier
+
+    torch.manual_seed(0)
+    classifier = SoftmaxClassifier(512, torch.arange(40), 40, init_std=0.02)
+    assert classifier.linear.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert not classifier.linear.bias.any()
+    default = SoftmaxClassifier(512, torch.arange(40), 40)  # torch's: uniform within ±1/√512, biases too
+    assert default.linear.weight.abs().max().item() <= 1 / 512 ** 0.5 and default.linear.bias.any()

@@ -1,5 +1,6 @@
 """The IZF LightningModule: loss switches, checkpoint round trip, and the toy experiment."""
 
+from contextlib import nullcontext
 from unittest import mock
 
 import lightning.pytorch as L
@@ -128,3 +129,37 @@ def test_actnorm_is_initialised_from_the_training_set_the_same_way_in_every_proc
     assert torch.equal(first.log_scale, other.log_scale)
     x, _ = datamodule.split("trainval")
     assert torch.allclose(first(x)[0].mean(0), torch.zeros(x.shape[1]), atol=0.2)  # ≈ standardised
+
+
+def test_the_classifiers_fitted_after_training_follow_their_settings(datamodule):
+    """The Gaussian classifier's seen means are the training means (κ = 0) or pulled toward the
+    attribute map's held-out predictions (κ > 0); its unseen means are the generated ones moved
+    `unseen_centre` of the way onto the map; unseen classes are wider by ω τ². The softmax
+    classifiers are reused when only the Gaussian settings change."""
+    from izf.model.attribute_map import fit_attribute_map
+    from izf.model.losses import class_means
+
+    model = make(datamodule)
+    x, y = datamodule.split("trainval")
+    seen, unseen = model.seen_classes, model.unseen_classes
+    seen_means = class_means(x, y, seen)[0]
+    attribute_map = fit_attribute_map(model.class_semantics[seen], seen_means)
+
+    def fitted(unseen_centre, shrinkage, widening):
+        model.hparams.unseen_centre, model.hparams.gaussian = unseen_centre, {"shrinkage": shrinkage,
+                                                                              "widening": widening}
+        torch.manual_seed(0)
+        return model.fit_classifiers(x, y, progress=lambda *_: nullcontext(lambda: None))
+
+    onto_map = fitted(1.0, 0.0, 0.0)
+    torch.testing.assert_close(onto_map["gaussian"].means[seen], seen_means)
+    torch.testing.assert_close(onto_map["gaussian"].means[unseen], attribute_map(model.class_semantics[unseen]))
+    assert torch.equal(onto_map["gaussian"].variances[unseen], onto_map["gaussian"].variances[seen[:len(unseen)]])
+    own = fitted(0.0, 0.0, 0.0)  # the flow's own samples: their means, not the map's
+    assert not torch.allclose(own["gaussian"].means[unseen], onto_map["gaussian"].means[unseen], atol=1e-3)
+    wide = fitted(0.0, 4.0, 1.0)
+    assert wide["softmax"] is own["softmax"]  # only the Gaussian settings changed: no softmax refit
+    counts = torch.bincount(y)[seen].float()[:, None]
+    pulled = counts / (counts + 4.0) * seen_means + 4.0 / (counts + 4.0) * attribute_map.held_out.float()
+    torch.testing.assert_close(wide["gaussian"].means[seen], pulled)
+    assert (wide["gaussian"].variances[unseen] > wide["gaussian"].variances[seen][0]).all()

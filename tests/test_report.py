@@ -65,7 +65,7 @@ def test_groups_by_swept_keys_and_averages_over_seeds(sweep):
 
     assert report_main([str(sweep)]) == 0
     table = list(csv.DictReader((sweep / "report.csv").open()))
-    assert len(table) == 4 and {row["classifier"] for row in table} == {"nb", "softmax"}
+    assert len(table) == 8 and {row["classifier"] for row in table} == {"nb", "softmax", "reported", "reported, γ = 0"}
     markdown = (sweep / "report.md").read_text()
     assert "60.00 ± 10.00" in markdown and "model.optimizer.lr: diverged" in markdown
 
@@ -89,7 +89,7 @@ def test_a_jobs_config_is_read_resolved(tmp_path):
     (tmp_path / "0" / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": "custom", "split": "test",
                                                                             "root": "/home/me/data/mine"}}))
     rows, failed = report([tmp_path])
-    assert [(row["group"], row["runs"], row["failed"]) for row in rows if row["classifier"] != "nb"] == [
+    assert [(row["group"], row["runs"], row["failed"]) for row in rows if row["classifier"] in ("softmax", "—")] == [
         ("dataset=mine, task=test", 1, 0), ("dataset=custom, task=test", 0, 1)]  # the failed one's root: unknown
     assert [job.failure for job in failed] == ["bad data"]
 
@@ -141,7 +141,8 @@ def test_methods_side_by_side_each_with_its_classifiers_and_published_numbers(tm
     assert not failed
     assert {(r["group"], r["classifier"]) for r in rows} == {
         ("dataset=CUB, task=test, model=izf", "nb"), ("dataset=CUB, task=test, model=izf", "softmax"),
-        ("dataset=CUB, task=test, model=eszsl", "compatibility")}
+        ("dataset=CUB, task=test, model=eszsl", "compatibility"),
+        *((f"dataset=CUB, task=test, model={m}", r) for m in ("izf", "eszsl") for r in ("reported", "reported, γ = 0"))}
     eszsl = next(r for r in rows if r["classifier"] == "compatibility")
     assert eszsl["gzsl/H"] == "25.00 ± 7.07" and eszsl["runs"] == 2
 

@@ -14,13 +14,13 @@ from tests.conftest import SMALL, XLSA17
 
 def _check_metrics(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for prefix in ("", "nb/", "softmax/"):
+    for prefix in ("", "nb/", "softmax/", "gaussian/"):
         for key in ("zsl/T1", "gzsl/U", "gzsl/S", "gzsl/H"):
             assert 0.0 <= metrics[prefix + key] <= 1.0
     assert metrics["time/wall_s"] > 0  # time to accuracy is part of the result
     u, s = metrics["gzsl/U"], metrics["gzsl/S"]
     assert metrics["gzsl/H"] == pytest.approx(0 if u + s == 0 else 2 * u * s / (u + s))
-    assert metrics["gzsl/H"] == metrics["softmax/gzsl/H"]  # model.classifier defaults to softmax
+    assert metrics["gzsl/H"] == metrics["gaussian/gzsl/H"]  # model.classifier defaults to gaussian
     return metrics
 
 
@@ -32,7 +32,7 @@ def test_end_to_end_synthetic(tmp_path, train_cli):
                      f"hydra.run.dir={run_dir}")
     metrics = _check_metrics(run_dir)
     # Chance is 1/30 for GZSL accuracies (H ≈ 0.03) and 1/10 for ZSL T1.
-    for classifier in ("nb", "softmax"):
+    for classifier in ("nb", "softmax", "gaussian"):
         assert metrics[f"{classifier}/gzsl/H"] > 0.4, metrics
         assert metrics[f"{classifier}/zsl/T1"] > 0.5, metrics
     assert "gzsl H" in proc.stdout  # the results table

@@ -4,6 +4,7 @@ Lightning run, on generated data of a benchmark's shape (dataset=stand_in).
     python -m izf.bench                                          # AWA2 shape, schedule=paper, CPU
     python -m izf.bench dataset.generator.name=CUB trainer.accelerator=gpu --steps 200
     python -m izf.bench schedule=cpu --curve 250,500,1000        # GZSL H against training steps
+    python -m izf.bench --time-to-accuracy izf,cada_vae dataset=custom dataset.root=DIR schedule=cpu
 
 Arguments without dashes are Hydra overrides, as for train.py. Prints a table and one JSON line
 (prefix "BENCH_JSON "). Phases come from profiler marks in the flow and the losses
@@ -21,6 +22,8 @@ import resource
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
 
 import hydra
 import lightning.pytorch as L
@@ -30,7 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from izf.config import compose
-from izf.evaluation.protocol import TEST_SPLITS, fit_softmax_classifiers, score_splits
+from izf.evaluation.protocol import TEST_SPLITS, score_splits
+from izf.io import save_figure, write_csv
 from izf.training.evaluate import evaluate_model
 from izf.training.run import build
 
@@ -161,14 +165,14 @@ def evaluation_seconds(model, datamodule) -> dict[str, float]:
     sync(device)
     start = time.perf_counter()
     x, y = datamodule.split("trainval")
-    softmax = fit_softmax_classifiers(model, x.to(device), y.to(device))
+    fitted = model.fit_classifiers(x.to(device), y.to(device), progress=lambda *_: nullcontext(lambda: None))
     sync(device)
-    out["softmax fit (generate + train)"] = time.perf_counter() - start
+    out["classifier fit (generate + train)"] = time.perf_counter() - start
     start = time.perf_counter()
-    score_splits(model, softmax, {split: datamodule.split(split) for split in TEST_SPLITS},
+    score_splits(model, fitted, {split: datamodule.split(split) for split in TEST_SPLITS},
                  datamodule.hparams.eval_batch_size)
     sync(device)
-    out["scores, both classifiers, test sets"] = time.perf_counter() - start
+    out["scores, every classifier, test sets"] = time.perf_counter() - start
     return out
 
 
@@ -181,12 +185,64 @@ def efficiency_curve(overrides: list[str], milestones: list[int]) -> list[dict]:
             if trainer.global_step in milestones:
                 metrics = evaluate_model(pl_module, trainer.datamodule).metrics
                 row = {"steps": trainer.global_step, "elapsed_s": time.perf_counter() - start} | {
-                    k: metrics[k] for k in ("nb/gzsl/H", "softmax/gzsl/H", "softmax/zsl/T1")}
+                    k: metrics[k] for k in ("nb/gzsl/H", "softmax/gzsl/H", "softmax/zsl/T1", "gzsl/H", "zsl/T1")}
                 print("CURVE_JSON " + json.dumps(row), flush=True)
                 curve.append(row)
 
     fit(bench_config(overrides, max(milestones)), [Milestones()])
     return curve
+
+
+def time_to_accuracy(overrides: list[str], methods: list[str], fractions: list[float], out: Path) -> list[dict]:
+    """Validation GZSL H against wall time, each method in turn in this one process (same threads,
+    nothing beside it): the method's own config on the validation task of the data the overrides
+    name, evaluated with the full protocol at fractions of its training length. A point's time is the
+    setup, the training up to it and its own evaluation (not the earlier points' evaluations); H is
+    the reported classifier's at its best γ, which is what the per-dataset choice scores."""
+    rows = []
+    for method in methods:
+        cfg = compose("train", [*overrides, f"model={method}", "dataset.split=validation", "logger=none",
+                                "callbacks=none", f"paths.output_dir={tempfile.mkdtemp(prefix='izf-bench-')}"])
+        milestones = sorted({max(1, round(f * cfg.trainer.max_steps)) for f in fractions})
+        start, evaluating = time.perf_counter(), [0.0]
+
+        class Milestones(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, *_):
+                last = trainer.should_stop  # a closed form (ESZSL) is done after its one step
+                if trainer.global_step in milestones or last:
+                    trained = time.perf_counter() - start - evaluating[0]
+                    begun = time.perf_counter()
+                    metrics = evaluate_model(pl_module, trainer.datamodule).metrics
+                    evaluating[0] += time.perf_counter() - begun
+                    name = cfg.model.classifier
+                    rows.append({"method": method, "steps": trainer.global_step,
+                                 "wall_s": trained + time.perf_counter() - begun,
+                                 "gzsl/H": metrics[f"{name}/best_gamma/gzsl/H"], "zsl/T1": metrics["zsl/T1"]})
+                    print("TIME_TO_ACCURACY_JSON " + json.dumps(rows[-1]), flush=True)
+
+        fit(cfg, [Milestones()])
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "time_to_accuracy.csv", list(rows[0]), ([row[k] for k in rows[0]] for row in rows))
+    import matplotlib.pyplot as plt  # the Agg backend: chosen by izf.evaluation.pictures
+
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    for method in methods:
+        points = [row for row in rows if row["method"] == method]
+        axes.plot([r["wall_s"] for r in points], [100 * r["gzsl/H"] for r in points], marker="o", label=method)
+    axes.set(xlabel="wall time (s): setup + training + evaluation", ylabel="validation GZSL H (%), best γ",
+             title="Time to accuracy on the validation task")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    save_figure(figure, out / "time_to_accuracy.png")
+    table = Table(title=f"Time to accuracy (validation task; {', '.join(overrides)})")
+    for column in ("method", "steps", "wall s", "H (best γ)", "ZSL T1"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        table.add_row(row["method"], str(row["steps"]), f"{row['wall_s']:.0f}", f"{100 * row['gzsl/H']:.2f}",
+                      f"{100 * row['zsl/T1']:.2f}")
+    Console().print(table)
+    print(f"wrote time_to_accuracy.csv and time_to_accuracy.png in {out}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -196,7 +252,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation timing")
     parser.add_argument("--curve", help="instead: GZSL H at these training steps, e.g. 250,500,1000")
+    parser.add_argument("--time-to-accuracy", metavar="METHODS",
+                        help="instead: validation H against wall time of these methods, one after another, e.g. "
+                             "izf,cada_vae,clswgan,eszsl (give the data as overrides: dataset=custom dataset.root=...)")
+    parser.add_argument("--fractions", default="0.25,0.5,1", help="with --time-to-accuracy: points along each run")
+    parser.add_argument("--out", type=Path, default=Path("logs/bench"), help="with --time-to-accuracy: where the "
+                        "table (CSV) and the plot (PNG) go")
     args = parser.parse_args(argv)
+    if args.time_to_accuracy:
+        return {"time_to_accuracy": time_to_accuracy(args.overrides, args.time_to_accuracy.split(","),
+                                                     [float(f) for f in args.fractions.split(",")], args.out)}
     if args.curve:
         return {"curve": efficiency_curve(args.overrides, sorted(int(s) for s in args.curve.split(",")))}
 

@@ -26,7 +26,16 @@ from rich.table import Table
 
 from izf.config import config_dir
 from izf.io import atomic_path, save_figure, write_csv
-from izf.outputs import DATA_KEY, FAILURE_FILE, GENERATED, METRIC_COLUMNS, METRICS_FILE, WALL_TIME_KEY, classifiers_in
+from izf.outputs import (
+    DATA_KEY,
+    FAILURE_FILE,
+    GENERATED,
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    NO_STACKING,
+    WALL_TIME_KEY,
+    classifiers_in,
+)
 
 SEED_KEYS = ("seed",)
 
@@ -55,7 +64,8 @@ class Group:
 def run_config(folder: Path):
     """A job's config: the resolved copy train.py writes (config.yaml). A job that failed before
     writing it has only Hydra's unresolved one, whose ${hydra:...} values cannot be resolved
-    outside the job: _select reads those as absent."""
+    outside the job: _select reads those as absent, and _dataset_name does not read an interpolated
+    root (whether ${hydra:...} resolves would depend on Hydra's global state in this process)."""
     resolved = folder / "config.yaml"
     return OmegaConf.load(resolved if resolved.is_file() else folder / ".hydra" / "config.yaml")
 
@@ -68,7 +78,8 @@ def _dataset_name(config) -> str:
     """The dataset's name; for a folder of one's own (dataset=custom) the folder's name, so that
     runs on different folders are not averaged together."""
     name = str(_select(config, "dataset.name", default="?"))
-    root = _select(config, "dataset.root")
+    dataset = _select(config, "dataset")
+    root = None if dataset is None or OmegaConf.is_interpolation(dataset, "root") else _select(config, "dataset.root")
     return Path(root).name if name in ("custom", "xlsa17") and isinstance(root, str) else name
 
 
@@ -113,12 +124,17 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
     return list(groups.values())
 
 
-def summarise(group: Group, classifier: str) -> dict[str, str | int]:
+def summarise(group: Group, classifier: str, label: str | None = None) -> dict[str, str | int]:
+    """A row of `classifier`'s metrics ("" for the run's reported classifier, which a run may choose
+    on its validation task; "<classifier>/no_stacking" or "no_stacking" for GZSL at γ = 0)."""
     done = [job.metrics for job in group.jobs if job.metrics is not None]
-    row: dict[str, str | int] = {"group": group.label(), "classifier": classifier, "runs": len(done),
+    row: dict[str, str | int] = {"group": group.label(), "classifier": label or classifier, "runs": len(done),
                                  "failed": len(group.jobs) - len(done)}
     for column in METRIC_COLUMNS:
-        values = [100 * m[f"{classifier}/{column}"] for m in done if f"{classifier}/{column}" in m]
+        # ZSL has no calibrated stacking: its γ = 0 row is the run's own T1
+        key = "/".join(filter(None, (classifier.removesuffix(NO_STACKING).rstrip("/") if column.startswith("zsl")
+                                     else classifier, column)))
+        values = [100 * m[key] for m in done if key in m]
         if not values:
             row[column] = "—"
         elif len(values) == 1:
@@ -138,6 +154,8 @@ def report(roots: list[Path]) -> tuple[list[dict], list[Job]]:
     for group in group_jobs(jobs):  # each method reports its own classifiers
         names = sorted({name for job in group.jobs if job.metrics for name in classifiers_in(job.metrics)})
         rows += [summarise(group, classifier) for classifier in names or ["—"]]
+        if names:  # the reported classifier (chosen per run where it was chosen on validation), with and without γ
+            rows += [summarise(group, "", "reported"), summarise(group, NO_STACKING, "reported, γ = 0")]
     return rows, [job for job in jobs if job.metrics is None]
 
 

@@ -45,13 +45,15 @@ class ESZSL(ZSLModule):
         super().__init__(num_classes, semantic_dim, classifier, calibration_gamma)
         self.save_hyperparameters()
         self.register_buffer("weights", torch.zeros(feature_dim, semantic_dim))
+        self.solved_with: tuple[float, float] | None = None  # the regularisers of `weights`
 
     def fit(self, x: Tensor, y: Tensor) -> None:
         """The closed form on the seen classes' images x and global labels y."""
         seen = self.seen_classes
         local = torch.searchsorted(seen, y.to(seen.device))  # global class -> column of Y
-        self.weights.copy_(eszsl_weights(x.to(self.device), local, self.class_semantics[seen],
-                                         self.hparams.feature_reg, self.hparams.semantic_reg).float())
+        regularisers = (self.hparams.feature_reg, self.hparams.semantic_reg)
+        self.weights.copy_(eszsl_weights(x.to(self.device), local, self.class_semantics[seen], *regularisers).float())
+        self.solved_with = regularisers
 
     def on_fit_start(self) -> None:
         # The run is one step whatever trainer.max_steps says, and the progress bar counts to 1.
@@ -66,7 +68,10 @@ class ESZSL(ZSLModule):
         return None  # closed form: no optimiser
 
     def fit_classifiers(self, x_seen: Tensor, y_seen: Tensor, progress) -> None:
-        return None  # the compatibility score needs nothing beyond V
+        """Nothing beyond V, which is solved again only when the regularisers have changed since (the
+        validation choice tries each pair on the same data: izf.training.selection)."""
+        if self.solved_with is not None and self.solved_with != (self.hparams.feature_reg, self.hparams.semantic_reg):
+            self.fit(x_seen, y_seen)
 
     @torch.no_grad()
     def classifier_scores(self, fitted: None, x: Tensor) -> dict[str, Tensor]:

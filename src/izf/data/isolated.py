@@ -52,5 +52,10 @@ def run(function: Callable[[Path, Path], None], source: Path, out: Path) -> None
         raise OSError(message)
     if status == "bug":
         raise RuntimeError(f"reading {source} failed in the child process:\n{message}")
-    cause = signal.Signals(-child.exitcode).name if child.exitcode and child.exitcode < 0 else child.exitcode
+    if child.exitcode is not None and child.exitcode > 0:  # it exited before reading: not the file's fault
+        raise RuntimeError(
+            f"reading {source}: the reader's child process exited with code {child.exitcode} without an answer "
+            "(not a crash of the parser); from a script of your own, put its code under "
+            '`if __name__ == "__main__":` (the child process imports the main module first)')
+    cause = signal.Signals(-child.exitcode).name if child.exitcode else child.exitcode
     raise DatasetError(f"{source}: corrupt file: the MAT parser crashed on it ({cause})")

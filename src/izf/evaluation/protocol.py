@@ -21,6 +21,7 @@ from izf.errors import require_finite_weights
 from izf.evaluation.calibration import stacking_curve
 from izf.evaluation.metrics import calibrated_stacking, gzsl_metrics, zsl_metrics
 from izf.model.classifiers import SoftmaxClassifier
+from izf.outputs import NO_STACKING
 
 TEST_SPLITS = ("test_seen", "test_unseen")
 # progress(description, total) -> a context manager yielding the function that advances it by one
@@ -50,29 +51,37 @@ def gamma_of(calibration_gamma: float | dict[str, float], classifier: str) -> fl
     return float(calibration_gamma)
 
 
-def fit_softmax_classifiers(model, x_seen: Tensor, y_seen: Tensor,
-                            progress: Progress = _no_progress) -> dict[str, SoftmaxClassifier]:
-    """Generate n_gen features per unseen class and train the held-out classifiers: GZSL on
-    [real seen; generated unseen] over all classes, ZSL on generated unseen only over the
-    unseen classes. `model` is a generative ZSLModule: its `generate(classes, temperature)`, class
-    buffers and `softmax` settings (n_gen, epochs, lr, batch_size, weight_decay, balanced,
-    temperature, generation_batch)."""
+def generate_unseen(model) -> tuple[Tensor, Tensor]:
+    """softmax.n_gen generated features of every unseen class at softmax.temperature, and their
+    labels. `model` is a generative ZSLModule: its `generate(classes, temperature)`."""
+    cfg = model.hparams.softmax
+    y_gen = model.unseen_classes.clone().repeat_interleave(cfg["n_gen"])
+    with torch.no_grad():
+        x_gen = torch.cat([model.generate(rows, cfg.get("temperature", 1.0))
+                           for rows in y_gen.split(cfg["generation_batch"])])
+    return x_gen, y_gen
+
+
+def fit_softmax_classifiers(model, x_seen: Tensor, y_seen: Tensor, progress: Progress = _no_progress,
+                            generated: tuple[Tensor, Tensor] | None = None) -> dict[str, SoftmaxClassifier]:
+    """Train the held-out classifiers on generated unseen features (`generated`, else
+    generate_unseen(model)): GZSL on [real seen; generated unseen] over all classes, ZSL on generated
+    unseen only over the unseen classes. Settings: the model's `softmax` (epochs, lr, batch_size,
+    weight_decay, balanced, init_std)."""
     cfg, hp = model.hparams.softmax, model.hparams
     unseen = model.unseen_classes
     fit = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "weight_decay")} | {"balanced": cfg.get("balanced", False)}
     all_classes = torch.arange(hp.num_classes, device=model.device)
+    init_std = cfg.get("init_std")
     # Callers may be inside Lightning's inference mode; this is a small training run of its own.
     with torch.inference_mode(False), torch.enable_grad(), \
             progress("softmax classifiers", 2 * cfg["epochs"]) as advance:
-        y_gen = unseen.clone().repeat_interleave(cfg["n_gen"])
-        with torch.no_grad():
-            x_gen = torch.cat([model.generate(rows, cfg.get("temperature", 1.0))
-                               for rows in y_gen.split(cfg["generation_batch"])])
+        x_gen, y_gen = (t.clone() for t in (generated or generate_unseen(model)))
         x_seen, y_seen = x_seen.clone(), y_seen.clone()  # ordinary tensors, not inference-mode ones
         return {
-            "gzsl": SoftmaxClassifier(hp.feature_dim, all_classes.clone(), hp.num_classes).to(model.device)
+            "gzsl": SoftmaxClassifier(hp.feature_dim, all_classes.clone(), hp.num_classes, init_std).to(model.device)
             .fit(torch.cat([x_seen, x_gen]), torch.cat([y_seen, y_gen]), **fit, on_epoch=advance),
-            "zsl": SoftmaxClassifier(hp.feature_dim, unseen.clone(), hp.num_classes).to(model.device)
+            "zsl": SoftmaxClassifier(hp.feature_dim, unseen.clone(), hp.num_classes, init_std).to(model.device)
             .fit(x_gen, y_gen, **fit, on_epoch=advance),
         }
 
@@ -84,14 +93,16 @@ def classifier_names(scores: dict[str, dict[str, Tensor]]) -> list[str]:
 
 def protocol_metrics(scores: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], seen: Tensor, unseen: Tensor,
                      calibration_gamma: float | dict[str, float], reported: str) -> dict[str, float]:
-    """ZSL T1 and GZSL U, S, H of every classifier, and unprefixed those of `reported`."""
+    """ZSL T1 and GZSL U, S, H of every classifier (and GZSL at γ = 0 too, under NO_STACKING), and
+    unprefixed those of `reported`."""
     metrics = {}
     for name in classifier_names(scores):
         metrics |= {f"{name}/{k}": v for k, v in zsl_metrics(
             scores["test_unseen"][f"{name}/zsl"], labels["test_unseen"], unseen).items()}
-        metrics |= {f"{name}/{k}": v for k, v in gzsl_metrics(
-            scores["test_seen"][f"{name}/gzsl"], labels["test_seen"], scores["test_unseen"][f"{name}/gzsl"],
-            labels["test_unseen"], seen, unseen, gamma_of(calibration_gamma, name)).items()}
+        for prefix, gamma in ((f"{name}/", gamma_of(calibration_gamma, name)), (f"{name}/{NO_STACKING}/", 0.0)):
+            metrics |= {prefix + k: v for k, v in gzsl_metrics(
+                scores["test_seen"][f"{name}/gzsl"], labels["test_seen"], scores["test_unseen"][f"{name}/gzsl"],
+                labels["test_unseen"], seen, unseen, gamma).items()}
     return metrics | {k[len(reported) + 1:]: v for k, v in metrics.items() if k.startswith(reported + "/")}
 
 

@@ -18,9 +18,12 @@ class SoftmaxClassifier(nn.Module):
     """A linear softmax classifier over a subset of the classes, trained with Adam for a fixed
     number of epochs chosen in advance (no selection on test data)."""
 
-    def __init__(self, feature_dim: int, classes: Tensor, num_classes: int):
+    def __init__(self, feature_dim: int, classes: Tensor, num_classes: int, init_std: float | None = None):
         super().__init__()
         self.linear = nn.Linear(feature_dim, len(classes))
+        if init_std is not None:  # weights ~ N(0, init_std²), biases 0 (f-CLSWGAN's code); else torch's default
+            nn.init.normal_(self.linear.weight, 0.0, init_std)
+            nn.init.zeros_(self.linear.bias)
         self.register_buffer("classes", classes.clone())
         self.num_classes = num_classes
 
@@ -49,3 +52,19 @@ class SoftmaxClassifier(nn.Module):
         scores = x.new_full((len(x), self.num_classes), float("-inf"))
         scores[:, self.classes] = torch.log_softmax(self.linear(x), dim=1)
         return scores
+
+
+class GaussianClassifier(nn.Module):
+    """p(x | y) = N(x; μ_y, v_y I): one mean per class and one variance per side (seen, unseen).
+    Scores are log-likelihoods per feature dimension (the constant dropped), so a calibrated-stacking
+    γ means the same at any feature dimension: with a uniform prior, argmax is the Bayes rule."""
+
+    def __init__(self, means: Tensor, variances: Tensor):
+        super().__init__()
+        self.register_buffer("means", means.clone())
+        self.register_buffer("variances", variances.clone())
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        squared = torch.cdist(x, self.means).pow(2)
+        return -squared / (2 * self.variances * x.shape[1]) - 0.5 * torch.log(self.variances)

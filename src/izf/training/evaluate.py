@@ -121,14 +121,23 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     model.set_classes(datamodule.semantics, datamodule.seen_classes)
     if (gamma := cfg.get("calibration_gamma")) is not None:  # e.g. the γ a validation run chose
         model.hparams.calibration_gamma = OmegaConf.to_container(gamma) if OmegaConf.is_config(gamma) else gamma
-    refit = {key: value for key, value in (cfg.get("softmax") or {}).items() if value is not None}
-    if refit and "softmax" not in model.hparams:
-        raise ConfigError(f"softmax.{next(iter(refit))}: {type(model).__name__} has no held-out softmax classifier "
-                          "settings to change")
-    if refit:
-        model.hparams.softmax = {**model.hparams.softmax, **refit}
-    check_hyperparameters({"calibration_gamma": model.hparams.calibration_gamma,
-                           "softmax": model.hparams.get("softmax", {})})
+    for group in ("softmax", "gaussian"):  # classifier settings to refit with (null: the checkpoint's own)
+        refit = {key: value for key, value in (cfg.get(group) or {}).items() if value is not None}
+        if refit and group not in model.hparams:
+            raise ConfigError(f"{group}.{next(iter(refit))}: {type(model).__name__} has no {group} classifier "
+                              "settings to change")
+        if refit:
+            model.hparams[group] = {**model.hparams[group], **refit}
+    for key in ("classifier", "unseen_centre"):
+        if cfg.get(key) is not None:
+            if key not in model.hparams:
+                raise ConfigError(f"{key}={cfg.get(key)}: {type(model).__name__} has no such setting")
+            model.hparams[key] = cfg.get(key)
+    if model.hparams.classifier not in model.classifiers:
+        raise ConfigError(f"classifier={model.hparams.classifier}: {type(model).__name__} has "
+                          f"{', '.join(model.classifiers)}")
+    check_hyperparameters({key: model.hparams[key] for key in ("calibration_gamma", "softmax", "gaussian",
+                                                                "unseen_centre") if key in model.hparams})
     model.check_calibration_gamma(model.hparams.calibration_gamma)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)

@@ -22,6 +22,7 @@ LOSS_SCALINGS = ("normalised", "paper")
 LOSS_DEFAULTS = {"scaling": "paper", "mmd_bandwidth": "fixed", "negative_start": 0, "centre": "batch"}
 CENTRES = ("batch", "dataset")
 NONFINITE_DEFAULTS = {"action": "stop", "lr_factor": 0.5, "max_skips": 10}
+GAUSSIAN_DEFAULTS = {"shrinkage": 0.0, "widening": 0.0}  # IZF's Gaussian classifier, for checkpoints from before it
 
 
 def _positive(v) -> bool:
@@ -71,9 +72,15 @@ HYPERPARAMETER_RULES = {
     "softmax.batch_size": (_count(1), "an integer ≥ 1"),
     "softmax.weight_decay": (_non_negative, "a number ≥ 0"),
     "softmax.generation_batch": (_count(1), "an integer ≥ 1"),
+    "softmax.init_std": (lambda v: v is None or _positive(v), "null (torch's default) or a std > 0"),
     "softmax.seed": (_count(0), "an integer ≥ 0"),
     "softmax.balanced": (lambda v: isinstance(v, bool), "true or false"),
     "softmax.temperature": (_non_negative, "a number ≥ 0 (1: z ~ N(0, I) as trained; 0: the class prototypes)"),
+    "unseen_centre": (lambda v: _finite(v) and 0 <= v <= 1,
+                      "a weight in [0, 1] (0: generated unseen features as the flow makes them; 1: re-centred on "
+                      "the attribute map's prediction of their means)"),
+    "gaussian.shrinkage": (_non_negative, "a number ≥ 0 (κ: 0 keeps each seen class's measured mean)"),
+    "gaussian.widening": (_non_negative, "a number ≥ 0 (ω: 0 gives unseen classes the seen classes' variance)"),
     "nonfinite.action": (lambda v: v in NONFINITE_ACTIONS, " or ".join(NONFINITE_ACTIONS)),
     "nonfinite.lr_factor": (lambda v: _positive(v) and v < 1, "a factor in (0, 1)"),
     "nonfinite.max_skips": (_count(0), "an integer ≥ 0"),
@@ -113,4 +120,4 @@ def check_keys(settings: dict[str, Any], allowed: dict[str, Iterable[str]]) -> N
 
 
 IZF_KEYS = {"flow": rule_keys("flow"), "loss": rule_keys("loss"), "optimizer": ADAM_KEYS,
-            "softmax": rule_keys("softmax"), "nonfinite": rule_keys("nonfinite")}
+            "softmax": rule_keys("softmax"), "nonfinite": rule_keys("nonfinite"), "gaussian": rule_keys("gaussian")}

@@ -4,6 +4,7 @@ and non-finite policies are callbacks the module brings with it (configure_callb
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import lightning.pytorch as L
@@ -11,13 +12,21 @@ import torch
 from torch import Tensor
 
 from izf.errors import ConfigError
-from izf.evaluation.protocol import fit_softmax_classifiers
+from izf.evaluation.protocol import fit_softmax_classifiers, generate_unseen
 from izf.model import losses
-from izf.model.classifiers import SoftmaxClassifier, naive_bayes_scores
+from izf.model.attribute_map import fit_attribute_map
+from izf.model.classifiers import GaussianClassifier, naive_bayes_scores
 from izf.model.flow import InvertibleFlow
 from izf.training.base import ZSLModule
 from izf.training.callbacks import NonFiniteGuard, RandomStreams
-from izf.training.hyperparameters import IZF_KEYS, LOSS_DEFAULTS, NONFINITE_DEFAULTS, check_hyperparameters, check_keys
+from izf.training.hyperparameters import (
+    GAUSSIAN_DEFAULTS,
+    IZF_KEYS,
+    LOSS_DEFAULTS,
+    NONFINITE_DEFAULTS,
+    check_hyperparameters,
+    check_keys,
+)
 
 ACTNORM_SAMPLE = 1024  # training images that initialise ActNorm (per-dimension mean and std)
 
@@ -25,28 +34,34 @@ ACTNORM_SAMPLE = 1024  # training images that initialise ActNorm (per-dimension 
 class IZF(ZSLModule):
     """Hyperparameters are plain containers only (numbers, strings, lists, dicts), so checkpoints
     load with torch's weights_only=True. Classifiers: the held-out softmax on real seen + generated
-    unseen features, and the naive-Bayes rule on the flow's semantic factor ĉ."""
+    unseen features; the naive-Bayes rule on the flow's semantic factor ĉ (the paper's two); and a
+    Gaussian likelihood on the features whose unseen classes are the generated ones (fit_classifiers)."""
 
-    classifiers = ("nb", "softmax")
+    classifiers = ("nb", "softmax", "gaussian")
 
     def __init__(self, num_classes: int, feature_dim: int, semantic_dim: int, flow: dict[str, Any],
                  loss: dict[str, Any], optimizer: dict[str, Any], softmax: dict[str, Any],
                  classifier: str = "softmax", calibration_gamma: float | dict[str, float] = 0.0,
-                 jitter: float = 0.008,
+                 jitter: float = 0.008, unseen_centre: float = 0.0, gaussian: dict[str, Any] | None = None,
                  compile: bool = False, nonfinite: dict[str, Any] | None = None,
                  log_term_gradients: bool = True):
         super().__init__(num_classes, semantic_dim, classifier, calibration_gamma)
         nonfinite = {**NONFINITE_DEFAULTS, **(nonfinite or {})}
         loss = {**LOSS_DEFAULTS, **loss}
+        gaussian = {**GAUSSIAN_DEFAULTS, **(gaussian or {})}
         settings = {"flow": flow, "loss": loss, "optimizer": optimizer, "softmax": softmax, "jitter": jitter,
-                    "calibration_gamma": calibration_gamma, "nonfinite": nonfinite}
+                    "calibration_gamma": calibration_gamma, "nonfinite": nonfinite, "unseen_centre": unseen_centre,
+                    "gaussian": gaussian}
         check_keys(settings, IZF_KEYS)
         check_hyperparameters(settings)
         if not 0 < semantic_dim < feature_dim:
             raise ConfigError(f"the semantic dim ({semantic_dim}) must be smaller than the feature dim "
                               f"({feature_dim}): f(x) = [ĉ (d_c dims); ẑ (D − d_c dims)]")
         self.save_hyperparameters()
-        self.hparams.nonfinite, self.hparams.loss = nonfinite, loss
+        self.hparams.nonfinite, self.hparams.loss, self.hparams.gaussian = nonfinite, loss, gaussian
+        # fit_classifiers' and classifier_scores' work that the validation choice's candidates share:
+        # {name: (what it was computed for, the result)}
+        self._reusable: dict[str, tuple[str, Any]] = {}
         self.flow = InvertibleFlow(feature_dim, **flow)
         self.step_terms: dict[str, Tensor] = {}  # this step's weighted loss terms, for NonFiniteGuard
         self.register_buffer("feature_means", torch.zeros(num_classes, feature_dim), persistent=False)
@@ -91,14 +106,65 @@ class IZF(ZSLModule):
         return self.flow.inverse(self.latent(classes, temperature))
 
     # ---- the evaluation protocol's calls -------------------------------------------------------
-    def fit_classifiers(self, x_seen: Tensor, y_seen: Tensor, progress) -> dict[str, SoftmaxClassifier]:
-        return fit_softmax_classifiers(self, x_seen, y_seen, progress)
+    def fit_classifiers(self, x_seen: Tensor, y_seen: Tensor, progress) -> dict[str, Any]:
+        """Generate the unseen classes' features, re-centred `unseen_centre` of the way onto the
+        attribute map's prediction of their means (izf.model.attribute_map: 0 keeps the flow's own
+        samples), and fit the softmax classifiers on them and the Gaussian classifier on their means.
+
+        Refitting with other Gaussian settings (as the validation choice does) reuses the softmax
+        classifiers: they depend on neither."""
+        seen, unseen = self.seen_classes, self.unseen_classes
+        data = [list(x_seen.shape), float(x_seen.sum()), int(y_seen.sum())]
+        attribute_map = self._reuse("attribute map", data, lambda: fit_attribute_map(
+            self.class_semantics[seen], losses.class_means(x_seen, y_seen, seen)[0]))
+
+        def fit_softmax():
+            x_gen, y_gen = generate_unseen(self)
+            generated_means, _ = losses.class_means(x_gen, y_gen, unseen)
+            shift = self.hparams.unseen_centre * (attribute_map(self.class_semantics[unseen]) - generated_means)
+            x_gen = x_gen + shift[torch.searchsorted(unseen, y_gen)]
+            return fit_softmax_classifiers(self, x_seen, y_seen, progress, (x_gen, y_gen)), generated_means + shift
+
+        softmax, unseen_means = self._reuse(
+            "softmax", [self.global_step, self.hparams.softmax, self.hparams.unseen_centre, data], fit_softmax)
+        return {"softmax": softmax, "gaussian": self._gaussian_classifier(x_seen, y_seen, attribute_map, unseen_means)}
+
+    def _reuse(self, name: str, inputs: list, compute):
+        """compute(), or its result from the last call under `name` if that was for the same inputs
+        (the flow's training step and the settings and data it depends on)."""
+        key = json.dumps(inputs, sort_keys=True)
+        if name not in self._reusable or self._reusable[name][0] != key:
+            self._reusable[name] = (key, compute())
+        return self._reusable[name][1]
+
+    def _gaussian_classifier(self, x_seen: Tensor, y_seen: Tensor, attribute_map, unseen_means: Tensor):
+        """Seen classes: their mean training feature, shrunk toward the attribute map's held-out
+        prediction by shrinkage κ (weight κ / (n + κ) for a class of n images: few images measure a mean
+        roughly); unseen classes: the generated means. One variance per side: σ², the seen images'
+        spread around their class means per dimension, and for the unseen side σ² + ω τ², with τ² the
+        map's held-out error per dimension (a predicted mean is that uncertain) and ω the widening."""
+        seen, unseen, dim = self.seen_classes, self.unseen_classes, self.hparams.feature_dim
+        settings = self.hparams.gaussian
+        seen_means, _ = losses.class_means(x_seen, y_seen, seen)
+        counts = torch.bincount(torch.searchsorted(seen, y_seen), minlength=len(seen)).to(x_seen.dtype)[:, None]
+        held_out = attribute_map.held_out.to(x_seen.dtype)
+        within = (x_seen - seen_means[torch.searchsorted(seen, y_seen)]).pow(2).sum() / (len(x_seen) * dim)
+        map_error = (held_out - seen_means).pow(2).sum() / (len(seen) * dim)
+        shrink = settings["shrinkage"] / (counts + settings["shrinkage"])
+        means = torch.zeros(self.hparams.num_classes, dim, dtype=x_seen.dtype, device=x_seen.device)
+        means[seen] = (1 - shrink) * seen_means + shrink * held_out
+        means[unseen] = unseen_means
+        variances = within.expand(self.hparams.num_classes).clone()
+        variances[unseen] += settings["widening"] * map_error
+        return GaussianClassifier(means, variances)
 
     @torch.no_grad()
-    def classifier_scores(self, fitted: dict[str, SoftmaxClassifier], x: Tensor) -> dict[str, Tensor]:
-        c_hat, _, _ = self.encode(x)
-        nb = naive_bayes_scores(c_hat, self.class_semantics)
-        return {"nb/gzsl": nb, "nb/zsl": nb, "softmax/gzsl": fitted["gzsl"](x), "softmax/zsl": fitted["zsl"](x)}
+    def classifier_scores(self, fitted: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
+        # The flow's ĉ does not depend on the classifiers' settings: encoded once per test split.
+        c_hat = self._reuse(f"ĉ of {len(x)} images", [self.global_step, float(x.sum())], lambda: self.encode(x)[0])
+        nb, gaussian = naive_bayes_scores(c_hat, self.class_semantics), fitted["gaussian"](x)
+        return {"nb/gzsl": nb, "nb/zsl": nb, "softmax/gzsl": fitted["softmax"]["gzsl"](x),
+                "softmax/zsl": fitted["softmax"]["zsl"](x), "gaussian/gzsl": gaussian, "gaussian/zsl": gaussian}
 
     # ---- training -----------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:

@@ -37,6 +37,8 @@ from izf.training.checkpoints import SaveOnInterrupt, check_checkpoint
 from izf.training.evaluate import evaluate_model, results_table
 from izf.training.hyperparameters import refuse_unknown_keys
 from izf.training.loggers import instantiate_loggers, save_pictures
+from izf.training.selection import SELECTION_KEY, load_or_choose, summary
+from izf.training.selection import applies as selection_applies
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing for users to act on.
@@ -64,6 +66,24 @@ def _check_recipe(datamodule: ZSLDataModule) -> None:
         if (config_dir() / RECIPES / f"{recipe}.yaml").is_file() and choices.get(RECIPES) != recipe:
             log.warning("the data has %s's classes and attributes, but not its recipe: the paper's settings for "
                         "%s are in %s=%s (add it to the command line)", name, name, RECIPES, recipe)
+
+
+DATASET_BUDGETS = "_internal/dataset_budget"  # <model>_<schedule>_<dataset>: a baseline's per-dataset settings
+
+
+def _check_dataset_budget() -> None:
+    """A method with per-dataset settings under this schedule (the baselines' reference scripts), run on a
+    dataset it has none for, gets the budget's defaults: say which, rather than run them silently."""
+    if not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    model, schedule, dataset = choices.get("model"), choices.get("schedule"), choices.get("dataset")
+    known = sorted(path.stem.removeprefix(f"{model}_{schedule}_")
+                   for path in (config_dir() / DATASET_BUDGETS).glob(f"{model}_{schedule}_*.yaml"))
+    if known and dataset not in known:
+        log.warning("%s has per-dataset settings under schedule=%s for %s, not for dataset=%s: its budget's defaults "
+                    "apply (conf/_internal/budget/%s_%s.yaml); set the length and learning rate for this data on the "
+                    "command line", model, schedule, ", ".join(known), dataset, model, schedule)
 
 
 def build(cfg: DictConfig) -> tuple[ZSLDataModule, ZSLModule]:
@@ -123,6 +143,31 @@ def _resume_from(cfg: DictConfig, model: ZSLModule, output_dir: Path) -> str | N
     return ckpt_path
 
 
+def _command_line_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _fit_and_evaluate(cfg: DictConfig) -> tuple[tuple[ZSLModule, ZSLDataModule], dict[str, float]]:
+    """One model trained and evaluated on `cfg`'s data, with nothing written (the validation task
+    that chooses a run's per-dataset settings): the run's trainer settings and progress bar, no
+    checkpoints or loggers."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    callbacks = [c for c in _instantiate_all(cfg.get("callbacks")) if not isinstance(c, ModelCheckpoint)]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=callbacks, enable_checkpointing=False)
+    datamodule, model = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    return (model, datamodule), evaluate_model(model, datamodule, trainer).metrics
+
+
+def _rescore(trained: tuple[ZSLModule, ZSLDataModule], cfg: DictConfig) -> dict[str, float]:
+    """The validation metrics of an already trained model with `cfg`'s classifier settings (refit only)."""
+    model, datamodule = trained
+    settings = OmegaConf.to_container(cfg.model, resolve=True)
+    settings.pop("_target_")
+    model.hparams.update(settings)
+    return evaluate_model(model, datamodule).metrics
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()  # time to accuracy is part of the result: metrics.json keeps it
     output_dir = Path(cfg.paths.output_dir)
@@ -136,6 +181,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint_dir = next((c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint)), output_dir / "checkpoints")
     saver = SaveOnInterrupt(checkpoint_dir)
     trainer = _trainer(cfg, [*callbacks, saver])
+    if selection_applies(cfg):
+        build(cfg)  # the data and the settings are checked before the validation task spends any time
+    _check_dataset_budget()
+    selection = load_or_choose(cfg, output_dir, _command_line_overrides(), _fit_and_evaluate, _rescore,
+                               multi_process=_multi_process(cfg))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the final run as if it were the only one
     datamodule, model = build(cfg)
     ckpt_path = _resume_from(cfg, model, output_dir)
     log.info("data %s: %s", datamodule.data.name, datamodule.data.summary())
@@ -169,7 +220,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, WandbLogger):  # one W&B run per job, also within a multirun
             logger.experiment.finish()
 
-    write_json(output_dir / METRICS_FILE, metrics | {DATA_KEY: datamodule.data.name})
+    write_json(output_dir / METRICS_FILE, metrics | {DATA_KEY: datamodule.data.name}
+               | ({SELECTION_KEY: selection} if selection else {}))
     task = ("validation task: seen classes only, no test data" if datamodule.hparams.split == "validation"
             else "test splits")
     console = Console()
@@ -183,6 +235,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                           f"{100 * metrics[f'{name}/best_gamma/gzsl/H']:.2f} (γ={gamma:g} gave "
                           f"{100 * metrics[f'{name}/gzsl/H']:.2f}); to use it: "
                           f"model.calibration_gamma{f'.{name}' if per_classifier else ''}=<γ>")
+    if selection:
+        console.print(summary(selection))
     log.info("metrics written to %s", output_dir / METRICS_FILE)
     return metrics
 
