@@ -23,12 +23,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from izf.data import ZSLDataModule
 from izf.evaluation.metrics import per_class_mean_accuracy
 from izf.evaluation.protocol import generate_unseen
 from izf.model.attribute_map import fit_attribute_map
 from izf.model.losses import class_means
-from izf.training.evaluate import load_model
+from izf.training.evaluate import load_model, scoring_data
 
 
 def _nearest_t1(x: torch.Tensor, y: torch.Tensor, centres: torch.Tensor, classes: torch.Tensor) -> float:
@@ -43,9 +42,7 @@ def diagnose(run: Path) -> dict[str, dict[str, float]]:
         raise SystemExit(f"error: {run} is a {config.dataset.split} run; the diagnosis needs the pseudo-unseen "
                          "classes' images: run it on a dataset.split=validation run")
     model = load_model(run / "checkpoints" / "last.ckpt").eval()
-    datamodule = ZSLDataModule(**OmegaConf.to_container(config.dataset, resolve=True))
-    datamodule.setup("test")
-    model.set_classes(datamodule.semantics, datamodule.seen_classes)
+    datamodule = scoring_data(model, OmegaConf.to_container(config.dataset, resolve=True))
     seen, unseen, semantics = model.seen_classes, model.unseen_classes, model.class_semantics
     x_train, y_train = datamodule.split("trainval")
     x_unseen, y_unseen = datamodule.split("test_unseen")

@@ -124,16 +124,21 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
     return list(groups.values())
 
 
-def summarise(group: Group, classifier: str, label: str | None = None) -> dict[str, str | int]:
+def _metric_key(classifier: str, column: str, stacked: bool) -> str:
+    """metrics.json's key: "<classifier>/" ("" for the run's reported one), then "no_stacking/" for GZSL
+    at γ = 0 (ZSL has no calibrated stacking: its T1 is the same in both rows)."""
+    stacking = "" if stacked or column.startswith("zsl") else NO_STACKING
+    return "/".join(part for part in (classifier, stacking, column) if part)
+
+
+def summarise(group: Group, classifier: str, label: str | None = None, stacked: bool = True) -> dict[str, str | int]:
     """A row of `classifier`'s metrics ("" for the run's reported classifier, which a run may choose
-    on its validation task; "<classifier>/no_stacking" or "no_stacking" for GZSL at γ = 0)."""
+    on its validation task), at the run's γ or (stacked=False) at γ = 0."""
     done = [job.metrics for job in group.jobs if job.metrics is not None]
     row: dict[str, str | int] = {"group": group.label(), "classifier": label or classifier, "runs": len(done),
                                  "failed": len(group.jobs) - len(done)}
     for column in METRIC_COLUMNS:
-        # ZSL has no calibrated stacking: its γ = 0 row is the run's own T1
-        key = "/".join(filter(None, (classifier.removesuffix(NO_STACKING).rstrip("/") if column.startswith("zsl")
-                                     else classifier, column)))
+        key = _metric_key(classifier, column, stacked)
         values = [100 * m[key] for m in done if key in m]
         if not values:
             row[column] = "—"
@@ -155,7 +160,7 @@ def report(roots: list[Path]) -> tuple[list[dict], list[Job]]:
         names = sorted({name for job in group.jobs if job.metrics for name in classifiers_in(job.metrics)})
         rows += [summarise(group, classifier) for classifier in names or ["—"]]
         if names:  # the reported classifier (chosen per run where it was chosen on validation), with and without γ
-            rows += [summarise(group, "", "reported"), summarise(group, NO_STACKING, "reported, γ = 0")]
+            rows += [summarise(group, "", "reported"), summarise(group, "", "reported, γ = 0", stacked=False)]
     return rows, [job for job in jobs if job.metrics is None]
 
 

@@ -111,14 +111,21 @@ def _save_curve_plot(curves: dict[str, list[dict]], chosen_gamma: dict[str, floa
     save_figure(figure, path, dpi=120)
 
 
+def scoring_data(model: ZSLModule, dataset: dict) -> ZSLDataModule:
+    """The data (`dataset`: a dataset config) a loaded model is scored on, checked to fit it; the
+    model is told which classes are seen."""
+    datamodule = ZSLDataModule(**dataset)
+    datamodule.setup("test")
+    _check_fit(model, datamodule)
+    model.set_classes(datamodule.semantics, datamodule.seen_classes)
+    return datamodule
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = Path(cfg.ckpt_path)
     model = load_model(ckpt_path)
-    datamodule = ZSLDataModule(**dataset_config(cfg, ckpt_path))
-    datamodule.setup("test")
-    _check_fit(model, datamodule)
-    model.set_classes(datamodule.semantics, datamodule.seen_classes)
+    datamodule = scoring_data(model, dataset_config(cfg, ckpt_path))
     if (gamma := cfg.get("calibration_gamma")) is not None:  # e.g. the γ a validation run chose
         model.hparams.calibration_gamma = OmegaConf.to_container(gamma) if OmegaConf.is_config(gamma) else gamma
     for group in ("softmax", "gaussian"):  # classifier settings to refit with (null: the checkpoint's own)

@@ -114,9 +114,10 @@ class IZF(ZSLModule):
         Refitting with other Gaussian settings (as the validation choice does) reuses the softmax
         classifiers: they depend on neither."""
         seen, unseen = self.seen_classes, self.unseen_classes
+        seen_means, _ = losses.class_means(x_seen, y_seen, seen)
         data = [list(x_seen.shape), float(x_seen.sum()), int(y_seen.sum())]
-        attribute_map = self._reuse("attribute map", data, lambda: fit_attribute_map(
-            self.class_semantics[seen], losses.class_means(x_seen, y_seen, seen)[0]))
+        attribute_map = self._reuse("attribute map", data, lambda: fit_attribute_map(self.class_semantics[seen],
+                                                                                     seen_means))
 
         def fit_softmax():
             x_gen, y_gen = generate_unseen(self)
@@ -127,7 +128,8 @@ class IZF(ZSLModule):
 
         softmax, unseen_means = self._reuse(
             "softmax", [self.global_step, self.hparams.softmax, self.hparams.unseen_centre, data], fit_softmax)
-        return {"softmax": softmax, "gaussian": self._gaussian_classifier(x_seen, y_seen, attribute_map, unseen_means)}
+        return {"softmax": softmax,
+                "gaussian": self._gaussian_classifier(x_seen, y_seen, seen_means, attribute_map, unseen_means)}
 
     def _reuse(self, name: str, inputs: list, compute):
         """compute(), or its result from the last call under `name` if that was for the same inputs
@@ -137,7 +139,8 @@ class IZF(ZSLModule):
             self._reusable[name] = (key, compute())
         return self._reusable[name][1]
 
-    def _gaussian_classifier(self, x_seen: Tensor, y_seen: Tensor, attribute_map, unseen_means: Tensor):
+    def _gaussian_classifier(self, x_seen: Tensor, y_seen: Tensor, seen_means: Tensor, attribute_map,
+                             unseen_means: Tensor):
         """Seen classes: their mean training feature, shrunk toward the attribute map's held-out
         prediction by shrinkage κ (weight κ / (n + κ) for a class of n images: few images measure a mean
         roughly); unseen classes: the generated means. One variance per side: σ², the seen images'
@@ -145,7 +148,6 @@ class IZF(ZSLModule):
         map's held-out error per dimension (a predicted mean is that uncertain) and ω the widening."""
         seen, unseen, dim = self.seen_classes, self.unseen_classes, self.hparams.feature_dim
         settings = self.hparams.gaussian
-        seen_means, _ = losses.class_means(x_seen, y_seen, seen)
         counts = torch.bincount(torch.searchsorted(seen, y_seen), minlength=len(seen)).to(x_seen.dtype)[:, None]
         held_out = attribute_map.held_out.to(x_seen.dtype)
         within = (x_seen - seen_means[torch.searchsorted(seen, y_seen)]).pow(2).sum() / (len(x_seen) * dim)
@@ -160,8 +162,10 @@ class IZF(ZSLModule):
 
     @torch.no_grad()
     def classifier_scores(self, fitted: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
-        # The flow's ĉ does not depend on the classifiers' settings: encoded once per test split.
-        c_hat = self._reuse(f"ĉ of {len(x)} images", [self.global_step, float(x.sum())], lambda: self.encode(x)[0])
+        # The flow's ĉ does not depend on the classifiers' settings: encoded once per batch of test images
+        # (one entry per batch, so that a split of several batches is reused too).
+        c_hat = self._reuse(f"ĉ of {len(x)} images summing to {float(x.sum())!r}", [self.global_step],
+                            lambda: self.encode(x)[0])
         nb, gaussian = naive_bayes_scores(c_hat, self.class_semantics), fitted["gaussian"](x)
         return {"nb/gzsl": nb, "nb/zsl": nb, "softmax/gzsl": fitted["softmax"]["gzsl"](x),
                 "softmax/zsl": fitted["softmax"]["zsl"](x), "gaussian/gzsl": gaussian, "gaussian/zsl": gaussian}
