@@ -22,7 +22,7 @@ from izf.model import losses
 from izf.outputs import DATA_KEY, WALL_TIME_KEY
 from izf.report import retrain_command
 from izf.training.callbacks import NonFiniteGuard
-from izf.training.checkpoints import AtomicCheckpointIO, check_checkpoint
+from izf.training.checkpoints import AtomicCheckpointIO, SaveOnInterrupt, check_checkpoint
 from izf.training.run import build
 from tests.conftest import REPO, TINY, cli_env, run_cli
 
@@ -250,6 +250,27 @@ def test_a_preempted_cluster_job_is_requeued_and_resumes_to_the_same_numbers(tmp
     assert _metrics(job) == _metrics(straight)
     for name, tensor in _final_weights(job).items():
         assert torch.equal(tensor, _final_weights(straight)[name]), name
+
+
+def test_a_sigterm_after_the_save_check_still_saves_the_step_it_stops_at(tmp_path):
+    """The race CI once hit: SIGTERM arrives after SaveOnInterrupt's end-of-step check but before
+    Lightning's. Lightning stopped there with last.ckpt one step behind (or none); the deferred
+    handler makes the step that saves the step that stops."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class SigtermLate(L.Callback):  # runs after SaveOnInterrupt in the same hook
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    datamodule, model = build(composed(*TINY, run_dir=tmp_path))
+    saver = SaveOnInterrupt(tmp_path)
+    trainer = L.Trainer(max_steps=20, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, callbacks=[saver, SigtermLate()])
+    with pytest.raises(SIGTERMException):
+        trainer.fit(model, datamodule=datamodule)
+    assert saver.saved_to is not None
+    assert torch.load(saver.saved_to, weights_only=False)["global_step"] == trainer.global_step == 4
 
 
 @pytest.mark.slow

@@ -63,7 +63,10 @@ def check_checkpoint(path: str | Path, model: L.LightningModule) -> None:
 
 class SaveOnInterrupt(L.Callback):
     """On SIGTERM, finish the current step, write last.ckpt and stop: Lightning then ends fit with
-    its SIGTERMException, which the run reports as 'interrupted, resumable' (run.py).
+    its SIGTERMException, which the run reports as 'interrupted, resumable' (run.py). Lightning's own
+    SIGTERM handler is deferred to the end of the step, right before the save: called at once, it
+    could mark the run stopped after this callback's check, and Lightning would stop one step past
+    the checkpoint (seen in CI: last.ckpt at step 50, stopped at 51).
 
     On Ctrl-C (SIGINT) the same, through `interrupted`: fit ends normally after that step and the run
     reports it the same way. (Lightning's own Ctrl-C handling stops mid-step and writes nothing.) A
@@ -80,6 +83,7 @@ class SaveOnInterrupt(L.Callback):
         self.saved_to: Path | None = None
         self.interrupted = False  # Ctrl-C arrived: the run stops after this step
         self._preempted: tuple | None = None  # (handler to hand over to, signum, frame)
+        self._sigterm: tuple | None = None  # likewise, Lightning's SIGTERM handler
         self._sigint: Any = None  # the SIGINT handler before fit, put back after it
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -92,6 +96,13 @@ class SaveOnInterrupt(L.Callback):
             signal.signal(number, lambda signum, frame: setattr(self, "_preempted", (previous, signum, frame)))
         self._sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning sets its SIGTERM handler after on_fit_start and restores the one before it after fit
+        lightning_handler = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread() and callable(lightning_handler):
+            signal.signal(signal.SIGTERM,
+                          lambda signum, frame: setattr(self, "_sigterm", (lightning_handler, signum, frame)))
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self.interrupted:
             raise KeyboardInterrupt  # the second Ctrl-C: at once
@@ -99,6 +110,9 @@ class SaveOnInterrupt(L.Callback):
         log.warning("Ctrl-C: stopping after this step to write last.ckpt (Ctrl-C again stops at once)")
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._sigterm:
+            handler, signum, frame = self._sigterm
+            handler(signum, frame)  # Lightning: received_sigterm, and it stops at the end of this step
         if (trainer.received_sigterm or self.interrupted or self._preempted) and self.saved_to is None:
             self.saved_to = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(self.saved_to)
