@@ -31,6 +31,10 @@ def _seeded():
     torch.manual_seed(0)
 
 
+# Where device-dependent tests run: the CPU always, a CUDA GPU too where there is one (tools/gpu_check.sh).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 # Small generated data and a tiny flow: end-to-end runs in seconds.
 SMALL = ["dataset.generator.seen=6", "dataset.generator.unseen=3", "dataset.generator.per_class=40",
          "dataset.generator.feature_dim=16", "dataset.generator.semantic_dim=6", "dataset.batch_size=64"]

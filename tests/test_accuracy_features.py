@@ -22,7 +22,7 @@ def config(*overrides):
     return compose("train", overrides)
 
 
-@pytest.mark.parametrize("schedule, steps, hidden", [("paper", 11000, 1024), ("cpu", 600, 256)])
+@pytest.mark.parametrize("schedule, steps, hidden", [("paper", 11000, 1024), ("cpu", 300, 256)])
 def test_schedules_set_length_and_width_and_apy_keeps_its_five_blocks(schedule, steps, hidden):
     cfg = config("dataset=awa2", f"schedule={schedule}")
     assert (cfg.trainer.max_steps, cfg.model.flow.hidden) == (steps, hidden)
@@ -46,8 +46,9 @@ def test_paper_model_is_the_literal_loss_and_default_is_normalised():
     assert default.softmax.balanced and not paper.softmax.balanced and paper.softmax.temperature == 1.0
     assert default.flow.actnorm and not paper.flow.actnorm  # the paper's blocks have no ActNorm
     assert default.softmax.weight_decay > 0 and paper.softmax.weight_decay == 0
+    assert default.softmax.n_gen == 100 and 300 <= paper.softmax.n_gen <= 1000  # the paper's range
     paper.softmax.balanced, paper.softmax.temperature = True, default.softmax.temperature
-    paper.softmax.weight_decay = default.softmax.weight_decay
+    paper.softmax.weight_decay, paper.softmax.n_gen = default.softmax.weight_decay, default.softmax.n_gen
     paper.flow.actnorm = True
     assert paper.flow == default.flow and paper.softmax == default.softmax  # the rest is shared
 

@@ -27,3 +27,24 @@ def test_bench_runs_the_real_config_and_prints_json():
     assert result["phases_ms"]["within: flow forward"] < result["phases_ms"]["forward + losses"]
     assert set(result["eval_s"]) == {"classifier fit (generate + train)", "scores, every classifier, test sets"}
     assert result["peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_through_on_a_cpu(tmp_path):
+    """tools/gpu_check.sh is the one call a GPU machine gets: its CPU version here, every step of
+    it with tiny sizes, so that a GPU's few minutes are not spent on a broken script."""
+    import os
+    import subprocess
+
+    from tests.conftest import REPO, cli_env
+
+    tiny = "debug=fast dataset.generator.feature_dim=96 dataset.generator.name=APY"
+    env = {**cli_env(), "OUT": str(tmp_path), "ACCELERATOR": "cpu", "STEPS": "1", "EXTRA": tiny}
+    proc = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=os.getcwd())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "passed" in (tmp_path / "tests.txt").read_text()
+    for precision in ("32-true", "bf16-mixed"):
+        assert "BENCH_JSON " in (tmp_path / f"bench_{precision}.txt").read_text()
+    assert (tmp_path / "paper_run" / "metrics.json").is_file()
+    assert "schedule=paper run on the stand-in" in (tmp_path / "paper_run.txt").read_text()

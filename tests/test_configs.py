@@ -18,7 +18,7 @@ from tests.conftest import REPO
 
 DATASETS = sorted(p.stem for p in (config_dir() / "dataset").glob("*.yaml") if not p.stem.startswith("_"))
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
-SCHEDULES = {"paper": (11000, 10, 1024), "cpu": (600, 6, 256)}  # max_steps, blocks, hidden
+SCHEDULES = {"paper": (11000, 10, 1024), "cpu": (300, 6, 256)}  # max_steps, blocks, hidden
 # Datasets whose recipe sets a length and flow of its own (quick generated runs).
 OWN_SCHEDULE = {"synthetic": (1500, 6, 256), "toy": (1500, 4, 64)}
 

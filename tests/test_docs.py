@@ -86,6 +86,7 @@ COMMANDS: dict[str, Run | Skip] = {
     "python train.py model.classifier=nb model.calibration_gamma.nb=0.2": Run(FAST),
     "python train.py model=izf_paper schedule=cpu": Run(FAST),
     "python train.py trainer=gpu trainer.precision=bf16-mixed": GPU,
+    "bash tools/gpu_check.sh": GPU,  # its CPU version: tests/test_bench.py
     # docs/data.md
     "python -m izf.data fake --like APY --out data/stand_in/APY": Run(("--feature-dim", "96")),  # 2048-d: 126 MB
     "python train.py dataset=custom dataset.root=data/stand_in/APY": Run(FAST),
@@ -98,6 +99,8 @@ COMMANDS: dict[str, Run | Skip] = {
     "python -m izf.bench --time-to-accuracy izf,cada_vae,clswgan,eszsl dataset=custom dataset.root=data/xlsa17/AWA2 "
     "schedule=cpu": Run((*FAST, "--fractions", "1"), needs=("awa2",)),
     "python -m izf.data bench-load data/xlsa17/AWA2": Run(("--repeat", "1"), needs=("awa2",)),
+    "python train.py -m model=izf,cada_vae seed=0,1,2 dataset=custom dataset.root=data/xlsa17/AWA2 schedule=cpu":
+        Run(FAST, needs=("awa2",)),
     # docs/reliability.md
     "python train.py debug=fast hydra.run.dir=logs/runs/<run> ckpt_path=last": Run(),
     "python train.py experiment=izf_awa2 trainer=ddp": Skip("needs several GPUs; CI has none"),

@@ -14,6 +14,7 @@ from izf.model.flow import (
     mlp_subnet,
     soft_clamp,
 )
+from tests.conftest import DEVICES
 
 
 def _flow(dim, blocks=3, hidden=16, init_std=0.3):
@@ -37,10 +38,11 @@ def test_inverse_in_float32_at_benchmark_width():
     assert (flow.inverse(flow(x)[0]) - x).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dim", [3, 6])
-def test_log_det_equals_autograd_jacobian(dim):
-    flow = _flow(dim)
-    for x in torch.randn(4, dim, dtype=torch.float64):
+def test_log_det_equals_autograd_jacobian(dim, device):
+    flow = _flow(dim).to(device)
+    for x in torch.randn(4, dim, dtype=torch.float64, device=device):
         jac = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0][0], x)
         _, log_det = flow(x[None])
         assert torch.allclose(log_det[0], torch.linalg.slogdet(jac).logabsdet, atol=1e-8)
@@ -83,14 +85,15 @@ def test_near_identity_init():
     assert (z - x[:, perm]).abs().mean() < 0.05 and log_det.abs().max() < 0.05
 
 
-def test_bf16_autocast_keeps_inverse_and_log_det_within_stated_tolerance():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_keeps_inverse_and_log_det_within_stated_tolerance(device):
     # Stated tolerance for trainer.precision=bf16-mixed: f⁻¹(f(x)) within 2e-2 of x for [0, 1]
-    # features, log|det J| within 1e-3 per dimension of its float32 value (README, Performance).
-    flow = InvertibleFlow(256, blocks=10, hidden=128, init_std=0.05)
-    x = torch.rand(64, 256)
+    # features, log|det J| within 1e-3 per dimension of its float32 value (docs/performance.md).
+    flow = InvertibleFlow(256, blocks=10, hidden=128, init_std=0.05).to(device)
+    x = torch.rand(64, 256, device=device)
     z32, log_det32 = flow(x)
     assert (z32 - x).abs().mean() > 0.1  # far from identity
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         z, log_det = flow(x)
         x_back = flow.inverse(z)
     assert z.dtype == log_det.dtype == x_back.dtype == torch.float32

@@ -10,6 +10,7 @@ import torch
 from izf.data import ZSLDataModule
 from izf.training.evaluate import evaluate_model
 from izf.training.module import IZF
+from tests.conftest import DEVICES
 
 LOSS = {"semantic": 10.0, "negative": 1.0, "centralising": 1.0, "mmd_scales": [0.1, 1.0, 10.0],
         "mmd_unbiased": False, "negative_margin": None}
@@ -163,3 +164,19 @@ def test_the_classifiers_fitted_after_training_follow_their_settings(datamodule)
     pulled = counts / (counts + 4.0) * seen_means + 4.0 / (counts + 4.0) * attribute_map.held_out.float()
     torch.testing.assert_close(wide["gaussian"].means[seen], pulled)
     assert (wide["gaussian"].variances[unseen] > wide["gaussian"].variances[seen][0]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_short_fit_on_the_device_uses_the_fused_optimiser_and_learns(device, datamodule):
+    model = make(datamodule)
+    model.prepare(datamodule)
+    x, y = (t[:64].to(device) for t in datamodule.split("trainval"))
+    with torch.no_grad():
+        before = sum(model.to(device).loss_terms(x, y).values())
+    trainer = L.Trainer(accelerator=device, devices=1, max_steps=30, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.optimizers[0].defaults["fused"] is True  # izf.model.optim.adam on a device with the kernel
+    assert next(model.parameters()).device.type == device
+    with torch.no_grad():
+        assert sum(model.to(device).loss_terms(x, y).values()) < before

@@ -60,3 +60,13 @@ def test_each_console_script_names_a_function_of_the_package():
     for target in scripts.values():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), target
+
+
+def test_a_training_start_does_not_import_torchvision():
+    """Lightning imports torchmetrics, which would import torchvision (seconds of every start) for
+    metrics this project never uses; izf turns that off, and feature extraction still gets it."""
+    probe = ("import sys, izf.training.run, izf.evaluation.metrics; "
+             "print('torchvision' in sys.modules); import torchvision.transforms; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "ok"]

@@ -142,6 +142,25 @@ def test_non_finite_gradient_with_finite_loss_is_caught(tmp_path):
         _fit_with_nan(tmp_path, {3}, where="gradient")
 
 
+@pytest.mark.parametrize("value, diverged", [(1e30, False), (float("inf"), True), (float("nan"), True)])
+def test_the_guard_tells_a_huge_gradient_from_a_non_finite_one(value, diverged):
+    """The guard's fast path is the gradient norm, which overflows for a huge but finite gradient:
+    that one is clipping's business, an inf or NaN element stops the run."""
+    module = torch.nn.Linear(3, 2)
+    module.step_terms = {"ml": torch.tensor(1.0)}
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)
+    module.weight.grad[1, 2] = value
+    assert not torch.isfinite(torch.nn.utils.get_total_norm([module.weight.grad]))  # the fast path says no
+    trainer = type("Trainer", (), {"global_step": 7})()
+    check = lambda: NonFiniteGuard().on_before_optimizer_step(trainer, module, None)  # noqa: E731
+    if diverged:
+        with pytest.raises(DivergenceError, match="at step 7: the gradients are non-finite"):
+            check()
+    else:
+        check()
+
+
 def test_skip_mode_drops_the_update_and_lowers_the_learning_rate(tmp_path):
     trainer, model = _fit_with_nan(tmp_path, {5, 6}, "model.nonfinite.action=skip")
     guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))  # brought by the module

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from izf.errors import ConfigError
 from izf.model.classifiers import SoftmaxClassifier
+from izf.model.optim import adam
 from izf.training.base import ZSLModule
 from izf.training.callbacks import NonFiniteGuard, RandomStreams
 from izf.training.hyperparameters import ADAM_KEYS, check_keys
@@ -264,7 +265,7 @@ class CADAVAE(ZSLModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # betas, eps and weight decay at torch's defaults, which are the reference's values
-        return torch.optim.Adam(self.parameters(), **self.hparams.optimizer)
+        return adam(self.parameters(), self._trainer, **self.hparams.optimizer)
 
     # ---- the latent classifier -------------------------------------------------------------------
     @torch.no_grad()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from izf.errors import ConfigError
 from izf.evaluation.protocol import fit_softmax_classifiers
 from izf.model.classifiers import SoftmaxClassifier
+from izf.model.optim import adam
 from izf.training.base import ZSLModule
 from izf.training.callbacks import RandomStreams
 from izf.training.hyperparameters import check_keys, rule_keys
@@ -181,7 +182,7 @@ class CLSWGAN(ZSLModule):
         with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
             torch.manual_seed(cfg["seed"])
             _init_normal(linear, self.hparams.networks.get("init_std", 0.02))
-            optimizer = torch.optim.Adam(linear.parameters(), lr=cfg["lr"], betas=(0.5, 0.999))
+            optimizer = adam(linear.parameters(), lr=cfg["lr"], betas=(0.5, 0.999))
             for _ in range(cfg["epochs"]):
                 for rows in torch.randperm(len(x), device=x.device).split(cfg["batch_size"]):
                     loss = nn.functional.cross_entropy(linear(x[rows]), target[rows])
@@ -249,8 +250,8 @@ class CLSWGAN(ZSLModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         cfg = self.hparams.optimizer
         betas = tuple(cfg["betas"])
-        return [torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], betas=betas),
-                torch.optim.Adam(self.critic.parameters(), lr=cfg["lr"], betas=betas)]
+        return [adam(self.generator.parameters(), self._trainer, lr=cfg["lr"], betas=betas),
+                adam(self.critic.parameters(), self._trainer, lr=cfg["lr"], betas=betas)]
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [RandomStreams()]  # a resumed run draws the same batches and noise

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from izf.model.optim import adam
+
 
 def naive_bayes_scores(c_hat: Tensor, semantics: Tensor) -> Tensor:
     """With a uniform prior, argmax_y p(x|y) = argmin_y ‖ĉ(x) − c_y‖²: score = −‖ĉ − c_y‖²."""
@@ -36,8 +38,7 @@ class SoftmaxClassifier(nn.Module):
         target = torch.searchsorted(self.classes, y)  # class index -> column of self.linear
         counts = torch.bincount(target, minlength=len(self.classes)).to(x.dtype)
         weight = (counts.sum() / (counts.clamp_min(1) * (counts > 0).sum())) if balanced else None
-        optimizer = torch.optim.Adam(self.linear.parameters(), lr=lr, betas=(0.5, 0.999),
-                                     weight_decay=weight_decay)
+        optimizer = adam(self.linear.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
         for _ in range(epochs):
             for rows in torch.randperm(len(x), device=x.device).split(batch_size):
                 loss = nn.functional.cross_entropy(self.linear(x[rows]), target[rows], weight=weight)

@@ -55,11 +55,13 @@ class Permutation(nn.Module):
         self.register_buffer("perm", perm)
         self.register_buffer("inverse_perm", torch.argsort(perm))
 
+    # index_select, not x[:, perm]: the same gather, 4× faster on CPU, and its backward is a scatter
+    # without index_put's accumulation (7× faster forward and backward together; docs/performance.md)
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[:, self.perm], x.new_zeros(x.shape[0])
+        return x.index_select(1, self.perm), x.new_zeros(x.shape[0])
 
     def inverse(self, y: Tensor) -> Tensor:
-        return y[:, self.inverse_perm]
+        return y.index_select(1, self.inverse_perm)
 
 
 class LUMixing(nn.Module):

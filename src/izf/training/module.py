@@ -17,6 +17,7 @@ from izf.model import losses
 from izf.model.attribute_map import fit_attribute_map
 from izf.model.classifiers import GaussianClassifier, naive_bayes_scores
 from izf.model.flow import InvertibleFlow
+from izf.model.optim import adam
 from izf.training.base import ZSLModule
 from izf.training.callbacks import NonFiniteGuard, RandomStreams
 from izf.training.hyperparameters import (
@@ -245,4 +246,4 @@ class IZF(ZSLModule):
         return [RandomStreams(), NonFiniteGuard(**self.hparams.nonfinite)]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.flow.parameters(), **self.hparams.optimizer)
+        return adam(self.flow.parameters(), self._trainer, **self.hparams.optimizer)
