@@ -27,6 +27,7 @@ def test_bench_runs_the_real_config_and_prints_json():
     assert result["phases_ms"]["within: flow forward"] < result["phases_ms"]["forward + losses"]
     assert set(result["eval_s"]) == {"classifier fit (generate + train)", "scores, every classifier, test sets"}
     assert result["peak_rss_mb"] > 0
+    assert len(result["post_backward_ms"]) == 4 and all(ms > 0 for ms in result["post_backward_ms"].values())
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 def adam(params: Iterable[torch.nn.Parameter], trainer: Any = None, **settings) -> torch.optim.Adam:
     """torch's Adam, fused (one pass over all parameters) where the device has the kernel. On CPU
-    torch otherwise updates tensor by tensor in several passes: 41 ms against 7 ms a step for the
-    CPU-budget flow's 9.5 M parameters, 248 against 44 ms for the paper's 63 M (docs/performance.md).
+    torch otherwise updates tensor by tensor in several passes: 23 ms against 6 ms a step for the
+    CPU-budget flow's 9.5 M parameters, 285 against 41 ms for the paper's 63 M (python -m izf.bench).
     Same update rule; the rounding differs in the last bits. Not fused under a Lightning `trainer`
     with mixed precision (16-mixed, bf16-mixed): Lightning then refuses to clip the gradients of an
     optimiser that could unscale them itself, which is how it sees a fused one. `fused` or `foreach`
