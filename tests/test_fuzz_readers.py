@@ -103,6 +103,17 @@ def test_class_embedding_files(tmp_path, value, kind):
     assert data.semantics.shape[0] == VALID.num_classes and np.isfinite(data.semantics).all()
 
 
+@pytest.mark.parametrize("value, message", [
+    (np.full((5, 1), 3.4028236e38), "beyond float32"),  # finite in float64, inf once read as float32 (fuzzing found it)
+    (np.ones((5, 2)) + 1j, "must hold real numbers"),
+])
+def test_class_embeddings_that_float32_cannot_hold_are_refused(tmp_path, value, message):
+    folder = save_xlsa17(VALID, tmp_path / "emb")
+    np.save(folder / "emb.npy", value)
+    with pytest.raises(DatasetError, match=message):
+        load_xlsa17(folder, semantics="emb.npy", cache=False)
+
+
 @pytest.mark.parametrize("file", [FEATURES_FILE, SPLITS_FILE])
 def test_fuzzing_sees_valid_files_as_valid(tmp_path, file):
     """The property's other branch is reachable: untouched files load."""

@@ -128,6 +128,8 @@ def _convert_features(path: Path, out: Path) -> None:
     if labels.size == 0 or not np.all(np.mod(labels, 1) == 0):
         raise DatasetError(f"{path}: 'labels' must hold integer class indices, one per image, found "
                            f"{labels.size} of dtype {labels.dtype}")
+    if np.iscomplexobj(features):
+        raise DatasetError(f"{path}: 'features' must hold real numbers, found dtype {features.dtype}")
     features = np.ascontiguousarray(features.T, dtype=np.float32)
     if not np.isfinite(features).all():
         raise DatasetError(f"{path}: 'features' contains NaN or inf (or values beyond float32)")
@@ -209,9 +211,13 @@ def _as_class_rows(matrix: np.ndarray, path: Path, what: str, n_classes: int | N
         rows = "C" if n_classes is None else f"C={n_classes}"
         raise DatasetError(f"{path}: {what} must be a 2-D matrix with one row per class ({rows} × d), "
                            f"found shape {matrix.shape}")
-    if not np.isfinite(matrix).all():
-        raise DatasetError(f"{path}: {what} contains NaN or inf")
-    return np.ascontiguousarray(matrix, dtype=np.float32)
+    if np.iscomplexobj(matrix):
+        raise DatasetError(f"{path}: {what} must hold real numbers, found dtype {matrix.dtype}")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+        rows = np.ascontiguousarray(matrix, dtype=np.float32)
+    if not np.isfinite(rows).all():  # checked after the conversion: 3.5e38 is finite only before it
+        raise DatasetError(f"{path}: {what} contains NaN or inf (or values beyond float32)")
+    return rows
 
 
 def read_semantics(root: Path, split_mat: dict, semantics: str = "att", use_cache: bool = True) -> np.ndarray:
