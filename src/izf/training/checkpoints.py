@@ -93,15 +93,19 @@ class SaveOnInterrupt(L.Callback):
         number = getattr(signal, f"SIG{name}", None)
         previous = signal.getsignal(number) if number is not None else None
         if callable(previous):  # someone (submitit) acts on it: defer that to the end of the step
-            signal.signal(number, lambda signum, frame: setattr(self, "_preempted", (previous, signum, frame)))
+            signal.signal(number, self._recorder("_preempted", previous))
         self._sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning sets its SIGTERM handler after on_fit_start and restores the one before it after fit
         lightning_handler = signal.getsignal(signal.SIGTERM)
         if threading.current_thread() is threading.main_thread() and callable(lightning_handler):
-            signal.signal(signal.SIGTERM,
-                          lambda signum, frame: setattr(self, "_sigterm", (lightning_handler, signum, frame)))
+            signal.signal(signal.SIGTERM, self._recorder("_sigterm", lightning_handler))
+
+    def _recorder(self, attribute: str, handler: Any):
+        """A signal handler that only records the signal in `attribute`, for `handler` to be called with
+        it at the end of the step (on_train_batch_end)."""
+        return lambda signum, frame: setattr(self, attribute, (handler, signum, frame))
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self.interrupted:
